@@ -1,0 +1,1 @@
+"""Input pipelines of Caffe's data layers: DataTransformer (transform.py) and record sources (sources.py)."""

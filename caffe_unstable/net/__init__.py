@@ -1,0 +1,1 @@
+"""The net: blobs, fillers, graph transforms and the Net class (net.cpp)."""

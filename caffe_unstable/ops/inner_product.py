@@ -1,0 +1,140 @@
+"""Caffe's InnerProduct and Embed layers (layers/inner_product_layer.cpp, layers/embed_layer.cpp).
+
+InnerProduct: bottom (*lead, *rest) with M = prod(lead) rows of K = prod(rest) (lead = the axes before `axis`),
+  top (*lead, N); weight (N, K), or (K, N) with transpose; bias (N). y = x W^T + b (x W + b when transposed).
+Embed: bottom of integer-valued indices in [0, input_dim), any shape; top = bottom shape + (N);
+  weight (input_dim, N); y[..., :] = W[x] + b. No gradient to the bottom.
+"""
+import numpy as np
+
+from .base import Layer, register
+
+
+def accumulate_matmul(out, a, b, block_floats=1 << 18):
+    """out += a @ b without a full-size temporary: row blocks of the product go through a small buffer that
+    stays in cache (a large fresh temporary costs page faults plus two extra passes over `out`)."""
+    if out.size <= 4 * block_floats:
+        out += a @ b
+        return
+    rows = max(1, block_floats // out.shape[1])
+    tmp = np.empty((rows, out.shape[1]), np.float32)
+    for r in range(0, out.shape[0], rows):
+        t = tmp[:min(rows, out.shape[0] - r)]
+        np.matmul(a[r:r + rows], b, out=t)
+        out[r:r + rows] += t
+
+
+def _param_down(layer, j):
+    ppd = layer.param_propagate_down
+    return j >= len(ppd) or bool(ppd[j])
+
+
+@register
+class InnerProduct(Layer):
+    """Fully connected layer (GEMM over the flattened trailing axes)."""
+
+    type = "InnerProduct"
+    accel_op = "conv"
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        ip = self.param.inner_product_param
+        self.num_output = ip.num_output
+        self.bias_term = ip.bias_term
+        self.transpose = ip.transpose
+        axis = self.canonical_axis(ip.axis, bottom[0].num_axes)
+        self.k = bottom[0].count_range(axis)
+        if not self.blobs:
+            shape = (self.k, self.num_output) if self.transpose else (self.num_output, self.k)
+            self.blobs = [self.fill_param(shape, ip.weight_filler)]
+            if self.bias_term:
+                self.blobs.append(self.fill_param((self.num_output,), ip.bias_filler))
+
+    def reshape(self, bottom, top):
+        axis = self.canonical_axis(self.param.inner_product_param.axis, bottom[0].num_axes)
+        k = bottom[0].count_range(axis)
+        if k != self.k:
+            raise self.error(f"Check failed: K_ == new_K ({self.k} vs. {k}) "
+                             "Input size incompatible with inner product parameters.")
+        self.m = bottom[0].count_range(0, axis)
+        top[0].reshape(bottom[0].shape[:axis] + (self.num_output,))
+
+    def forward(self, bottom, top):
+        x = bottom[0].data.reshape(self.m, self.k)
+        w = self.blobs[0].data
+        y = top[0].data.reshape(self.m, self.num_output)
+        if self.transpose:
+            np.matmul(x, w, out=y)
+        elif self.m < 128:
+            # few rows: OpenBLAS is about twice as fast on W x^T than on x W^T here
+            y[...] = np.matmul(w, x.T).T
+        else:
+            np.matmul(x, w.T, out=y)
+        if self.bias_term:
+            y += self.blobs[1].data
+
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff.reshape(self.m, self.num_output)
+        x = bottom[0].data.reshape(self.m, self.k)
+        if _param_down(self, 0):
+            if self.transpose:
+                accumulate_matmul(self.blobs[0].diff, x.T, dy)
+            else:
+                accumulate_matmul(self.blobs[0].diff, dy.T, x)
+        if self.bias_term and _param_down(self, 1):
+            self.blobs[1].diff[...] += dy.sum(axis=0, dtype=np.float32)
+        if propagate_down[0]:
+            w = self.blobs[0].data
+            np.matmul(dy, w.T if self.transpose else w, out=bottom[0].diff.reshape(self.m, self.k))
+
+
+@register
+class Embed(Layer):
+    """A lookup table: one weight row per input index (a one-hot InnerProduct without the one-hot)."""
+
+    type = "Embed"
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        ep = self.param.embed_param
+        self.num_output = ep.num_output
+        if self.num_output <= 0:
+            raise self.error("EmbedLayer num_output must be positive.")
+        self.input_dim = ep.input_dim
+        if self.input_dim <= 0:
+            raise self.error("EmbedLayer input_dim must be positive.")
+        self.bias_term = ep.bias_term
+        if not self.blobs:
+            self.blobs = [self.fill_param((self.input_dim, self.num_output), ep.weight_filler)]
+            if self.bias_term:
+                self.blobs.append(self.fill_param((self.num_output,), ep.bias_filler))
+
+    def reshape(self, bottom, top):
+        top[0].reshape(bottom[0].shape + (self.num_output,))
+
+    def _indices(self, bottom):
+        """The bottom as int indices; Caffe truncates (static_cast<int>) and only DCHECKs range and integrality."""
+        x = bottom[0].data.reshape(-1)
+        idx = x.astype(np.int64)
+        bad = (idx < 0) | (idx >= self.input_dim) | (idx != x)
+        if bad.any():
+            v = x[np.argmax(bad)]
+            raise self.error(f"Embed input {v!r} is not an integer in [0, {self.input_dim})")
+        return idx
+
+    def forward(self, bottom, top):
+        y = top[0].data.reshape(-1, self.num_output)
+        np.take(self.blobs[0].data, self._indices(bottom), axis=0, out=y)
+        if self.bias_term:
+            y += self.blobs[1].data
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            raise self.error("Can't backpropagate to EmbedLayer input.")
+        dy = top[0].diff.reshape(-1, self.num_output)
+        if _param_down(self, 0):
+            np.add.at(self.blobs[0].diff, self._indices(bottom), dy)
+        if self.bias_term and _param_down(self, 1):
+            self.blobs[1].diff[...] += dy.sum(axis=0, dtype=np.float32)

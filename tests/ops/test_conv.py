@@ -1,0 +1,311 @@
+"""Convolution and Deconvolution: golden Caffe cases, a naive-loop reference, gradients, parameter errors."""
+import itertools
+
+import numpy as np
+import pytest
+
+import caffe_unstable.ops.conv as conv
+from caffe_unstable.errors import CaffeUnstableError
+from caffe_unstable.net.blob import Blob
+from tests.ops.gradcheck import assert_golden_layer, check_gradient, layer_from_text
+
+
+def naive_conv(x, w, b, stride, pad, dilation, group):
+    """Plain-loop N-D cross-correlation in float64 (Caffe's test_convolution_layer.cpp caffe_conv)."""
+    n, c = x.shape[:2]
+    o, cg = w.shape[:2]
+    k = w.shape[2:]
+    sp = x.shape[2:]
+    out_sp = [(s + 2 * p - (d * (kk - 1) + 1)) // st + 1 for s, p, d, kk, st in zip(sp, pad, dilation, k, stride)]
+    y = np.zeros((n, o) + tuple(out_sp))
+    og = o // group
+    for ni, oi in itertools.product(range(n), range(o)):
+        g = oi // og
+        for pos in itertools.product(*[range(d) for d in out_sp]):
+            acc = 0.0 if b is None else float(b[oi])
+            for ci in range(cg):
+                for offs in itertools.product(*[range(kk) for kk in k]):
+                    idx = [p_ * st - pd + u * d for p_, st, pd, u, d in zip(pos, stride, pad, offs, dilation)]
+                    if all(0 <= i < s for i, s in zip(idx, sp)):
+                        acc += w[(oi, ci) + offs] * x[(ni, g * cg + ci) + tuple(idx)]
+            y[(ni, oi) + pos] = acc
+    return y
+
+
+def naive_deconv(x, w, b, stride, pad, dilation, group):
+    """Scatter form of the transposed convolution: x[n,c,i] * W[c,o'] lands on y[n, o, i*s - p + u*d]."""
+    n, c = x.shape[:2]
+    og = w.shape[1]
+    k = w.shape[2:]
+    sp = x.shape[2:]
+    out_sp = [st * (s - 1) + d * (kk - 1) + 1 - 2 * p for s, p, d, kk, st in zip(sp, pad, dilation, k, stride)]
+    y = np.zeros((n, og * group) + tuple(out_sp))
+    cg = c // group
+    for ni, ci in itertools.product(range(n), range(c)):
+        g = ci // cg
+        for pos in itertools.product(*[range(d) for d in sp]):
+            for oo in range(og):
+                for offs in itertools.product(*[range(kk) for kk in k]):
+                    idx = [p_ * st - pd + u * d for p_, st, pd, u, d in zip(pos, stride, pad, offs, dilation)]
+                    if all(0 <= i < s for i, s in zip(idx, out_sp)):
+                        y[(ni, g * og + oo) + tuple(idx)] += w[(ci, oo) + offs] * x[(ni, ci) + pos]
+    if b is not None:
+        y += b.reshape((1, -1) + (1,) * len(sp))
+    return y
+
+
+def make(text, shapes, seed=0):
+    layer = layer_from_text(text)
+    rng = np.random.default_rng(seed)
+    bottom = [Blob(s) for s in shapes]
+    for b in bottom:
+        b.data[...] = rng.normal(size=b.shape)
+    top = [Blob() for _ in shapes]
+    layer.setup(bottom, top)
+    for p in layer.blobs:
+        p.data[...] = rng.normal(size=p.shape)
+    layer.reshape(bottom, top)
+    layer.forward(bottom, top)
+    return layer, bottom, top
+
+
+# -- golden Caffe cases ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["conv_general", "conv_rect_nobias", "conv_1x1", "deconv"])
+def test_golden(case, shared):
+    report = assert_golden_layer(case, shared / "golden")
+    assert report and max(report.values()) < 1e-4
+
+
+# -- forward against the naive reference ------------------------------------------------------------------
+CONV_CASES = [
+    ("num_output: 4 kernel_size: 3", (2, 3, 6, 7), (1, 1), (0, 0), (1, 1), 1),
+    ("num_output: 6 kernel_size: 3 pad: 2 stride: 2 dilation: 2 group: 3", (2, 6, 9, 8), (2, 2), (2, 2), (2, 2), 3),
+    ("num_output: 2 kernel_h: 2 kernel_w: 3 stride_h: 3 stride_w: 1 pad_h: 1 pad_w: 2", (1, 2, 7, 5),
+     (3, 1), (1, 2), (1, 1), 1),
+    ("num_output: 3 kernel_size: 1", (2, 4, 3, 3), (1, 1), (0, 0), (1, 1), 1),
+    ("num_output: 4 kernel_size: 1 group: 2", (2, 4, 3, 3), (1, 1), (0, 0), (1, 1), 2),
+    ("num_output: 2 kernel_size: 3 pad: 1", (2, 3, 5, 5), (1, 1), (1, 1), (1, 1), 1),   # stride-1 data path
+    ("num_output: 3 kernel_size: 2 kernel_size: 3 stride: 1 stride: 2 pad: 1 pad: 0", (1, 2, 5, 6),
+     (1, 2), (1, 0), (1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("cp,shape,stride,pad,dilation,group", CONV_CASES)
+def test_forward_matches_naive(cp, shape, stride, pad, dilation, group):
+    layer, bottom, top = make(f'type: "Convolution" convolution_param {{ {cp} }}', [shape])
+    w = layer.blobs[0].data.astype(np.float64)
+    want = naive_conv(bottom[0].data.astype(np.float64), w, layer.blobs[1].data, stride, pad, dilation, group)
+    assert top[0].shape == want.shape
+    np.testing.assert_allclose(top[0].data, want, rtol=1e-4, atol=1e-5)
+
+
+def test_sobel_known_answer():
+    layer = layer_from_text('type: "Convolution" convolution_param { num_output: 1 kernel_size: 3 bias_term: false }')
+    x = Blob((1, 1, 3, 4))
+    x.data[0, 0] = [[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1]]
+    y = Blob()
+    layer.setup([x], [y])
+    layer.blobs[0].data[0, 0] = [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]
+    layer.forward([x], [y])
+    np.testing.assert_array_equal(y.data, [[[[4, 4]]]])
+
+
+def test_3d_convolution_matches_naive():
+    layer, bottom, top = make('type: "Convolution" convolution_param { num_output: 2 kernel_size: 2 kernel_size: 3 '
+                              'kernel_size: 2 pad: 1 stride: 2 stride: 1 stride: 1 }', [(2, 2, 4, 5, 3)])
+    want = naive_conv(bottom[0].data.astype(np.float64), layer.blobs[0].data.astype(np.float64),
+                      layer.blobs[1].data, (2, 1, 1), (1, 1, 1), (1, 1, 1), 1)
+    assert layer.blobs[0].shape == (2, 2, 2, 3, 2)
+    np.testing.assert_allclose(top[0].data, want, rtol=1e-4, atol=1e-5)
+
+
+def test_axis_treats_leading_axes_as_batch():
+    layer, bottom, top = make('type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 axis: 2 }',
+                              [(2, 3, 2, 5, 5)])
+    assert top[0].shape == (2, 3, 3, 3, 3)
+    x = bottom[0].data.reshape(6, 2, 5, 5).astype(np.float64)
+    want = naive_conv(x, layer.blobs[0].data.astype(np.float64), layer.blobs[1].data, (1, 1), (0, 0), (1, 1), 1)
+    np.testing.assert_allclose(top[0].data.reshape(6, 3, 3, 3), want, rtol=1e-4, atol=1e-5)
+
+
+def test_multiple_bottoms_share_weights():
+    layer, bottom, top = make('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 }',
+                              [(1, 2, 4, 4), (1, 2, 4, 4)])
+    for b, t in zip(bottom, top):
+        want = naive_conv(b.data.astype(np.float64), layer.blobs[0].data.astype(np.float64),
+                          layer.blobs[1].data, (1, 1), (0, 0), (1, 1), 1)
+        np.testing.assert_allclose(t.data, want, rtol=1e-4, atol=1e-5)
+
+
+def test_truncating_output_size():
+    # (2 + 2*1 - 5) / 2 = -1/2 truncates to 0 in C, so one output, its window overhanging the padded image
+    layer, bottom, top = make('type: "Convolution" convolution_param { num_output: 1 kernel_size: 5 pad: 1 '
+                              'stride: 2 }', [(1, 1, 2, 2)])
+    assert top[0].shape == (1, 1, 1, 1)
+    w, x = layer.blobs[0].data[0, 0], bottom[0].data[0, 0]
+    want = (w[1:3, 1:3] * x).sum() + layer.blobs[1].data[0]
+    np.testing.assert_allclose(top[0].data[0, 0, 0, 0], want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cp,shape,stride,pad,dilation,group", [
+    ("num_output: 6 kernel_size: 4 stride: 2 pad: 1 group: 2", (2, 4, 3, 3), (2, 2), (1, 1), (1, 1), 2),
+    ("num_output: 3 kernel_size: 3 pad: 1", (1, 2, 4, 5), (1, 1), (1, 1), (1, 1), 1),
+    ("num_output: 2 kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 3 dilation: 2", (2, 3, 3, 2),
+     (2, 3), (0, 0), (2, 2), 1),
+    ("num_output: 2 kernel_size: 1", (2, 3, 3, 3), (1, 1), (0, 0), (1, 1), 1),
+])
+def test_deconvolution_matches_naive(cp, shape, stride, pad, dilation, group):
+    layer, bottom, top = make(f'type: "Deconvolution" convolution_param {{ {cp} }}', [shape])
+    c = shape[1]
+    assert layer.blobs[0].shape[:2] == (c, layer.num_output // group)
+    want = naive_deconv(bottom[0].data.astype(np.float64), layer.blobs[0].data.astype(np.float64),
+                        layer.blobs[1].data, stride, pad, dilation, group)
+    assert top[0].shape == want.shape
+    np.testing.assert_allclose(top[0].data, want, rtol=1e-4, atol=1e-5)
+
+
+# -- gradients -------------------------------------------------------------------------------------------
+GRAD_CASES = [
+    ('type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2 dilation: 2 group: 2 }',
+     [(2, 4, 6, 5)]),
+    ('type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 pad: 1 }', [(2, 3, 4, 4)]),
+    ('type: "Convolution" convolution_param { num_output: 3 kernel_size: 1 }', [(2, 2, 3, 3)]),
+    ('type: "Convolution" convolution_param { num_output: 2 kernel_h: 2 kernel_w: 3 bias_term: false }',
+     [(1, 2, 4, 5), (1, 2, 4, 5)]),
+    ('type: "Convolution" convolution_param { num_output: 2 kernel_size: 2 stride: 2 pad: 1 }', [(1, 2, 3, 3, 3)]),
+    ('type: "Deconvolution" convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 group: 2 }',
+     [(2, 2, 3, 3)]),
+    ('type: "Deconvolution" convolution_param { num_output: 2 kernel_size: 3 pad: 1 }', [(1, 3, 3, 4)]),
+]
+
+
+@pytest.mark.parametrize("text,shapes", GRAD_CASES)
+def test_gradient(text, shapes):
+    check_gradient(lambda: layer_from_text(text), shapes, num_tops=len(shapes), max_checks=60)
+
+
+def test_param_diffs_accumulate_and_bottom_diff_is_overwritten():
+    layer, bottom, top = make('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 }', [(2, 2, 5, 5)])
+    top[0].diff[...] = np.random.default_rng(1).normal(size=top[0].shape)
+    layer.backward(top, [True], bottom)
+    dw, db, dx = layer.blobs[0].diff.copy(), layer.blobs[1].diff.copy(), bottom[0].diff.copy()
+    assert np.abs(dw).sum() > 0 and np.abs(dx).sum() > 0
+    layer.backward(top, [True], bottom)
+    np.testing.assert_allclose(layer.blobs[0].diff, 2 * dw, rtol=1e-6)
+    np.testing.assert_allclose(layer.blobs[1].diff, 2 * db, rtol=1e-6)
+    np.testing.assert_allclose(bottom[0].diff, dx, rtol=1e-6)
+    np.testing.assert_allclose(db, top[0].diff.sum(axis=(0, 2, 3)), rtol=1e-5)
+
+
+def test_param_propagate_down_false_leaves_diffs():
+    layer, bottom, top = make('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 }', [(1, 2, 4, 4)])
+    top[0].diff[...] = 1
+    layer.param_propagate_down = [False, False]
+    layer.backward(top, [False], bottom)
+    assert not layer.blobs[0].diff.any() and not layer.blobs[1].diff.any() and not bottom[0].diff.any()
+
+
+def test_backward_rereads_a_changed_bottom():
+    """Caffe's weight gradient uses the bottom as it is at backward time, not the columns of forward."""
+    text = 'type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 }'
+    layer, bottom, top = make(text, [(1, 2, 5, 5)])
+    top[0].diff[...] = 1
+    bottom[0].data[...] *= 2
+    layer.backward(top, [False], bottom)
+    fresh, fb, ft = make(text, [(1, 2, 5, 5)])
+    fresh.blobs[0].data[...] = layer.blobs[0].data
+    fb[0].data[...] = bottom[0].data
+    fresh.forward(fb, ft)
+    ft[0].diff[...] = 1
+    fresh.backward(ft, [False], fb)
+    np.testing.assert_allclose(layer.blobs[0].diff, fresh.blobs[0].diff, rtol=1e-6)
+
+
+@pytest.mark.parametrize("chunk,ratio,parallel", [(1 << 24, 1, 1 << 30), (100, 1, 1 << 30), (1 << 24, 0, 0),
+                                                   (100, 100, 0), (1 << 24, 100, 0)])
+@pytest.mark.parametrize("kind", ["Convolution", "Deconvolution"])
+def test_chunked_threaded_and_alternative_data_paths_agree(monkeypatch, chunk, ratio, parallel, kind):
+    text = f'type: "{kind}" convolution_param {{ num_output: 3 kernel_size: 3 pad: 1 group: 1 }}'
+    ref, rb, rt = make(text, [(3, 3, 5, 4)])
+    rt[0].diff[...] = np.arange(rt[0].count).reshape(rt[0].shape) % 7 - 3
+    ref.backward(rt, [True], rb)
+    monkeypatch.setattr(conv, "COL_CHUNK_FLOATS", chunk)
+    monkeypatch.setattr(conv, "TRANSPOSED_RATIO", ratio)
+    monkeypatch.setattr(conv, "PARALLEL_MIN_FLOATS", parallel)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    layer, bottom, top = make(text, [(3, 3, 5, 4)])
+    top[0].diff[...] = rt[0].diff
+    layer.backward(top, [True], bottom)
+    np.testing.assert_allclose(top[0].data, rt[0].data, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bottom[0].diff, rb[0].diff, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer.blobs[0].diff, ref.blobs[0].diff, rtol=1e-5, atol=1e-5)
+
+
+# -- setup: shapes, fillers, errors ----------------------------------------------------------------------
+def test_default_fillers_are_zero_and_shapes():
+    layer = layer_from_text('type: "Convolution" convolution_param { num_output: 6 kernel_h: 3 kernel_w: 2 group: 2 }')
+    x, y = Blob((2, 4, 7, 7)), Blob()
+    layer.setup([x], [y])
+    assert layer.blobs[0].shape == (6, 2, 3, 2) and layer.blobs[1].shape == (6,)
+    assert not layer.blobs[0].data.any() and not layer.blobs[1].data.any()
+    assert y.shape == (2, 6, 5, 6)
+    assert layer.accel_op == "conv"
+    d = layer_from_text('type: "Deconvolution" convolution_param { num_output: 6 kernel_size: 4 stride: 2 pad: 1 '
+                        'group: 2 bias_term: false }')
+    d.setup([Blob((2, 4, 5, 5))], [y])
+    assert len(d.blobs) == 1 and d.blobs[0].shape == (4, 3, 4, 4) and y.shape == (2, 6, 10, 10)
+
+
+ERRORS = [
+    ("num_output: 2 kernel_size: 3 kernel_h: 3 kernel_w: 3", (1, 2, 5, 5),
+     "Either kernel_size or kernel_h/w should be specified; not both."),
+    ("num_output: 2", (1, 2, 5, 5),
+     "kernel_size must be specified once, or once per spatial dimension (kernel_size specified 0 times; "
+     "2 spatial dims)."),
+    ("num_output: 2 kernel_h: 3", (1, 2, 5, 5), "Filter dimensions must be nonzero."),
+    ("num_output: 2 kernel_size: 3 stride: 0", (1, 2, 5, 5), "Stride dimensions must be nonzero."),
+    ("num_output: 2 kernel_size: 3 stride: 1 stride_h: 2", (1, 2, 5, 5),
+     "Either stride or stride_h/w should be specified; not both."),
+    ("num_output: 2 kernel_size: 3 pad: 1 pad: 1 pad: 1", (1, 2, 5, 5),
+     "pad must be specified once, or once per spatial dimension (pad specified 3 times; 2 spatial dims)."),
+    ("num_output: 2 kernel_size: 3 dilation: 1 dilation: 1 dilation: 1", (1, 2, 5, 5),
+     "dilation must be specified once, or once per spatial dimension (dilation specified 3 times; 2 spatial dims)."),
+    ("num_output: 2 kernel_h: 3 kernel_w: 3", (1, 2, 5, 5, 5), "kernel_h & kernel_w can only be used for 2D convolution."),
+    ("num_output: 3 kernel_size: 3 group: 2", (1, 4, 5, 5),
+     "Check failed: num_output_ % group_ == 0 (1 vs. 0) Number of output should be multiples of group."),
+    ("num_output: 2 kernel_size: 3 group: 2", (1, 3, 5, 5), "Check failed: channels_ % group_ == 0 (1 vs. 0)"),
+    ("kernel_size: 3", (1, 3, 5, 5), "Check failed: num_output_ > 0 (0 vs. 0)"),
+]
+
+
+@pytest.mark.parametrize("cp,shape,message", ERRORS)
+def test_parameter_errors(cp, shape, message):
+    layer = layer_from_text(f'name: "c" type: "Convolution" convolution_param {{ {cp} }}')
+    with pytest.raises(CaffeUnstableError) as err:
+        layer.setup([Blob(shape)], [Blob()])
+    assert err.value.what == message
+    assert err.value.where == "layer 'c'"
+
+
+def test_reshape_errors():
+    layer = layer_from_text('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 }')
+    top = [Blob(), Blob()]
+    layer.setup([Blob((1, 2, 5, 5)), Blob((1, 2, 5, 5))], top)
+    with pytest.raises(CaffeUnstableError, match="All inputs must have the same shape."):
+        layer.reshape([Blob((1, 2, 5, 5)), Blob((1, 2, 6, 5))], top)
+    with pytest.raises(CaffeUnstableError, match="Input size incompatible with convolution kernel."):
+        layer.reshape([Blob((1, 3, 5, 5)), Blob((1, 3, 5, 5))], top)
+    with pytest.raises(CaffeUnstableError, match="bottom num_axes may not change."):
+        layer.reshape([Blob((1, 2, 5)), Blob((1, 2, 5))], top)
+
+
+def test_given_blobs_are_checked():
+    layer = layer_from_text('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 }')
+    layer.blobs = [Blob((2, 3, 3, 3)), Blob((2,))]
+    with pytest.raises(CaffeUnstableError) as err:
+        layer.setup([Blob((1, 2, 5, 5))], [Blob()])
+    assert err.value.what == "Incorrect weight shape: expected shape 2 2 3 3 (36); instead, shape was 2 3 3 3 (54)"
+    layer = layer_from_text('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 }')
+    layer.blobs = [Blob((2, 2, 3, 3))]
+    with pytest.raises(CaffeUnstableError, match="Incorrect number of weight blobs."):
+        layer.setup([Blob((1, 2, 5, 5))], [Blob()])
