@@ -115,6 +115,7 @@ class Net:
             cls = layer_class(lp.type, where)
             log.info(f"Creating layer {lp.name}", "layer_factory.hpp:77")
             layer = cls(lp, self.rng)
+            layer.log = log
             self.layers.append(layer)
             self._layer_names.append(lp.name)
             log.info(f"Creating Layer {lp.name}", "net.cpp:86")

@@ -15,6 +15,17 @@ from ..errors import CaffeUnstableError
 _REGISTRY = {}
 
 
+class _NullLog:
+    def info(self, message, src=""):
+        pass
+
+    warning = error = info
+    enabled = False
+
+
+_NULL_LOG = _NullLog()
+
+
 def register(cls):
     """Class decorator: register a Layer subclass under its Caffe type string (`cls.type`)."""
     name = cls.type
@@ -62,6 +73,7 @@ class Layer:
         self.blobs = [blob_from_proto(b) for b in param.blobs]
         self.param_propagate_down = []
         self.loss_weights = []
+        self.log = _NULL_LOG             # the Net gives each layer its glog logger (data layers log as Caffe)
 
     # -- protocol ----------------------------------------------------------------------------------
     def setup(self, bottom, top):

@@ -10,6 +10,9 @@ element x (bottom or param) is perturbed by +/- eps, the layer re-runs reshape +
 derivative (L+ - L-) / (2 eps) is compared with what `backward` wrote (bottom diffs overwritten, param diffs
 accumulated from zero). Like Caffe's checker, the tolerance is scaled: |a - n| <= atol + rtol * max(|a|, |n|, 1).
 Layers compute in float32, so eps is 1e-2 by default (Caffe's stepsize) and rtol 1e-2 (its threshold).
+
+Also here: run_golden_layer / assert_golden_layer run one layer of a golden/layers case by hand (no Net) and
+compare every blob and parameter gradient with real Caffe's.
 """
 import numpy as np
 from google.protobuf import text_format
@@ -147,11 +150,14 @@ def run_golden_layer(case, golden_dir, layer_index=-1):
     layer.reshape(bottom, top)
     layer.forward(bottom, top)
     if h5.attrs["backward"]:
-        for n, t in zip(lp.top, top):
+        for i, (n, t) in enumerate(zip(lp.top, top)):
             if f"top_diffs_given/{n}" in h5:
                 t.diff[...] = h5[f"top_diffs_given/{n}"][()]
+            else:  # a loss top: Caffe keeps its loss weight in the diff
+                t.diff[...] = lp.loss_weight[i] if i < len(lp.loss_weight) else float(layer.is_loss and i == 0)
         layer.param_propagate_down = [True] * len(layer.blobs)
-        layer.backward(top, [True] * len(bottom), bottom)
+        # force_backward: every bottom the layer allows (loss layers never take one into their labels)
+        layer.backward(top, [layer.allow_force_backward(i) for i in range(len(bottom))], bottom)
     return layer, blobs, h5
 
 
@@ -170,6 +176,9 @@ def assert_golden_layer(case, golden_dir, rtol=1e-4, atol=1e-5, exact=()):
                     continue
                 if kind == "diff" and name in exact:
                     continue  # Caffe leaves the mask top's diff alone; nothing to compare
+                if kind == "diff" and name in layer.param.bottom and \
+                        not layer.allow_force_backward(list(layer.param.bottom).index(name)):
+                    continue  # no gradient flows into a label
                 want = h5[key][()]
                 got = getattr(blob, kind)
                 assert got.shape == want.shape, f"{key}: shape {got.shape} != {want.shape}"

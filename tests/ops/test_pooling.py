@@ -225,3 +225,17 @@ def test_global_pooling_follows_input_size():
     layer.forward(bottom, top)
     assert top[0].shape == (1, 2, 1, 1)
     np.testing.assert_array_equal(top[0].data.ravel(), [19, 39])
+
+
+def test_kernel_larger_than_input():
+    # ceil((2 - 3) / 1) + 1 = 0 windows: an empty top, as Caffe; ceil((1 - 4) / 1) + 1 < 0 is an error
+    layer, bottom, top = run('type: "Pooling" pooling_param { pool: MAX kernel_size: 3 }',
+                             np.ones((1, 1, 2, 2), np.float32))
+    assert top[0].shape == (1, 1, 0, 0)
+    # stride 2: ceil(-0.5) + 1 = 1 window, clipped to the image
+    _, _, top = run('type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 }',
+                    np.full((1, 1, 2, 2), 9, np.float32))
+    assert top[0].shape == (1, 1, 1, 1) and top[0].data.item() == pytest.approx(36 / 4)
+    layer = layer_from_text('type: "Pooling" pooling_param { pool: MAX kernel_size: 4 }')
+    with pytest.raises(CaffeUnstableError, match="Check failed: pooled size"):
+        layer.setup([Blob((1, 1, 1, 1))], [Blob()])
