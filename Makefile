@@ -5,9 +5,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench clean
+.PHONY: setup system-packages test demo bench clean
 
-setup: $(STAMP)
+# Fashion-MNIST (the demo's and the training tests' data) comes from Debian: /usr/share/datasets/fashion-mnist/
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+setup: system-packages $(STAMP)
+
+system-packages:
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; }
 
 $(STAMP): setup.cfg setup.py pyproject.toml proto/caffe.proto scripts/gen_proto.py
 	$(PYTHON) -m venv $(VENV)

@@ -3,12 +3,15 @@
 The pycaffe surface only (interface.md): Net, TRAIN/TEST, NetSpec, layers, params, to_proto, io,
 layer_type_list, set_random_seed, set_mode_cpu/set_mode_gpu/set_device (no-ops), Layer (Python layers).
 """
-from . import io  # noqa: F401
+from . import accel, io  # noqa: F401
 from .net.net import TEST, TRAIN, Net, set_random_seed  # noqa: F401
 from .net_spec import NetSpec, layers, params, to_proto  # noqa: F401
 from .ops import layer_type_list  # noqa: F401
 from .ops.python_layer import PyLayer as Layer  # noqa: F401
 from .proto import caffe_pb2  # noqa: F401
+from .solvers import (  # noqa: F401
+    AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver, get_solver,
+)
 from . import proto  # noqa: F401
 
 __version__ = "0.1.0"

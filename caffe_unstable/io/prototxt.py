@@ -108,3 +108,54 @@ def read_blob_proto(path):
 
 def write_text(message):
     return text_format.MessageToString(message)
+
+
+def debug_string(message, indent=0):
+    """C++ Message::DebugString(): text format with floats as SimpleFtoa (`1`, not `1.0`), as Caffe logs them."""
+    from google.protobuf import descriptor
+    from google.protobuf.text_encoding import CEscape
+
+    fd = descriptor.FieldDescriptor
+    pad = " " * indent
+    out = []
+    for f, value in message.ListFields():
+        repeated = f.is_repeated if hasattr(type(f), "is_repeated") else f.label == fd.LABEL_REPEATED
+        values = value if repeated else [value]
+        for v in values:
+            if f.cpp_type == fd.CPPTYPE_MESSAGE:
+                out.append(f"{pad}{f.name} {{\n{debug_string(v, indent + 2)}{pad}}}\n")
+                continue
+            if f.cpp_type == fd.CPPTYPE_FLOAT:
+                text = _simple_ftoa(v)
+            elif f.cpp_type == fd.CPPTYPE_DOUBLE:
+                text = _shortest("%.15g", "%.17g", v, float)
+            elif f.cpp_type == fd.CPPTYPE_ENUM:
+                named = f.enum_type.values_by_number.get(v)
+                text = named.name if named is not None else str(v)
+            elif f.cpp_type == fd.CPPTYPE_BOOL:
+                text = "true" if v else "false"
+            elif f.cpp_type == fd.CPPTYPE_STRING:
+                raw = v if isinstance(v, bytes) else v.encode("utf-8")
+                text = '"' + CEscape(raw, as_utf8=f.type == fd.TYPE_STRING) + '"'
+            else:
+                text = str(v)
+            out.append(f"{pad}{f.name}: {text}\n")
+    return "".join(out)
+
+
+def _simple_ftoa(value):
+    import numpy as np
+
+    return _shortest("%.6g", "%.9g", value, lambda s: float(np.float32(float(s))))
+
+
+def _shortest(short, full, value, parse):
+    """protobuf's SimpleFtoa/SimpleDtoa: the short form when it reads back to the same value, else the full one."""
+    import math
+
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    text = short % value
+    return text if parse(text) == value else full % value

@@ -14,7 +14,7 @@ from ..io import prototxt as pt
 from ..log import GlogLogger, format_value
 from ..ops import layer_class
 from ..proto import caffe_pb2
-from . import graph
+from . import accel_bridge, graph
 from .blob import Blob
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
@@ -40,10 +40,12 @@ def _new_rng(rng):
 
 class Net:
     """A Caffe net. pycaffe forms: Net(file, phase, level=0, stages=None, weights=None) and the legacy
-    Net(file, weights, phase). `file` may also be a caffe_pb2.NetParameter. Extra keywords: accel, rng, log."""
+    Net(file, weights, phase). `file` may also be a caffe_pb2.NetParameter. Extra keywords: accel, rng, log;
+    state (a NetState used as is instead of phase/level/stages) and source (the file named in errors) for the
+    solver's nets."""
 
     def __init__(self, network_file, *args, phase=None, level=0, stages=None, weights=None,
-                 accel=None, rng=None, log=None):
+                 accel=None, rng=None, log=None, state=None, source=None):
         args = list(args)
         if args and isinstance(args[0], (str, os.PathLike)) and not isinstance(args[0], int):
             weights = args.pop(0)
@@ -53,6 +55,8 @@ class Net:
             level = args.pop(0)
         if args:
             stages = args.pop(0)
+        if phase is None and state is not None:
+            phase = state.phase
         if phase is None:
             raise TypeError("Net() needs a phase: caffe.Net(model, caffe.TEST) or caffe.Net(model, weights, caffe.TEST)")
         self.log = log or GlogLogger()
@@ -61,15 +65,19 @@ class Net:
         if isinstance(network_file, caffe_pb2.NetParameter):
             param = caffe_pb2.NetParameter()
             param.CopyFrom(network_file)
-            self._source = "<NetParameter>"
+            self._source = os.fspath(source) if source is not None else "<NetParameter>"
             param = pt.upgrade.upgrade_net_as_needed(param, self._source, self.log)
         else:
             self._source = os.fspath(network_file)
             param = pt.read_net_text(self._source, self.log)
-        param.state.phase = int(phase)
-        param.state.level = int(level)
-        for s in stages or ():
-            param.state.stage.append(s)
+        if state is not None:
+            # the solver's merged NetState (solver.cpp:107-112), used as given so unset fields stay unset
+            param.state.CopyFrom(state)
+        else:
+            param.state.phase = int(phase)
+            param.state.level = int(level)
+            for s in stages or ():
+                param.state.stage.append(s)
         try:
             self._init(param)
         except CaffeUnstableError as exc:
@@ -84,7 +92,7 @@ class Net:
         log = self.log
         filtered = graph.filter_net(in_param, self._source, log)
         if log.enabled:
-            log.info("Initializing net from parameters: \n" + pt.write_text(filtered), "net.cpp:53")
+            log.info("Initializing net from parameters: \n" + pt.debug_string(filtered).rstrip("\n"), "net.cpp:53")
         param = graph.insert_splits(filtered)
         self.name = param.name
         self.phase = param.state.phase
@@ -159,8 +167,8 @@ class Net:
                 top_ids.append(tid)
                 if lp.type == "Input":
                     self._input_ids.append(tid)
-            log.info(f"Setting up {lp.name}", "net.cpp:124")
             layer.setup(bottoms, tops)
+            log.info(f"Setting up {lp.name}", "net.cpp:124")   # after SetUp, as Caffe logs it
             weights = self._set_loss_weights(layer, tops, where)
             for j, top in enumerate(tops):
                 log.info(f"Top shape: {cm.shape_string(top.shape)}", "net.cpp:131")
@@ -319,8 +327,8 @@ class Net:
             layer = self.layers[i]
             bottom, top = self._bottoms(i), self._tops(i)
             layer.reshape(bottom, top)
-            if self.accel is not None and getattr(self.accel, "runs", None) and self.accel.runs(layer):
-                self.accel.forward(layer, bottom, top)
+            if self.accel is not None and accel_bridge.runs(self, i):
+                accel_bridge.forward(self, i, bottom, top)
             else:
                 layer.forward(bottom, top)
             for j, w in enumerate(self._loss_weights[i]):

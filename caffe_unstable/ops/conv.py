@@ -5,74 +5,23 @@ Shapes (N = product of the axes before `axis`, spatial axes after the channel ax
   Deconvolution  bottom (N, C, *S)  top (N, O, *S_out)  weight (C, O/g, *k)  bias (O)
 Both run on one im2col + GEMM core written in terms of the "conv input" (the image im2col reads: bottom for
 Convolution, top for Deconvolution) and the "columns" (one column per conv-output position), exactly as Caffe's
-forward_cpu_gemm / backward_cpu_gemm / weight_cpu_gemm do. Unlike Caffe, im2col covers a whole chunk of the batch at
-once and each group is one large matmul: columns are laid out (group, C/g * prod(k), N * P).
+forward_cpu_gemm / backward_cpu_gemm / weight_cpu_gemm do. Unlike Caffe, im2col covers a chunk of the batch at once
+(columns (group, C/g * prod(k), n * P), sized to stay in cache for the GEMM that reads them) and each group is one
+matmul per chunk. The GEMMs write and read position-major "rows" (group, n * P, O/g), col^T W^T, the orientation
+OpenBLAS runs fastest for few output channels; im2col.py transposes them from and to the (n, O, P) blobs.
 """
 import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .base import Layer, register
+from .im2col import SCRATCH, col2im, im2col, image_to_rows, rows_to_image
 
-# Columns of at most this many floats are built at once (the batch is split into chunks beyond it); when the
-# whole batch fits, Convolution keeps its forward columns for backward's dW.
-COL_CHUNK_FLOATS = 1 << 25
-TRANSPOSED_RATIO = 1  # use it when the im2col of dout copies no more than col2im would add
-
-
-class Scratch:
-    """Grow-only float32 buffers by key: fresh large arrays would cost page faults on every call."""
-
-    def __init__(self):
-        self._bufs = {}
-
-    def get(self, key, shape):
-        n = math.prod(shape)
-        buf = self._bufs.get(key)
-        if buf is None or buf.size < n:
-            buf = self._bufs[key] = np.empty(max(n, 1), np.float32)
-        return buf[:n].reshape(shape)
-
-
-class _ThreadScratch(threading.local):
-    """Transient buffers shared by every conv layer of one Python thread (nothing is kept in them across calls)."""
-
-    def __init__(self):
-        self.scratch = Scratch()
-
-    def get(self, key, shape):
-        return self.scratch.get(key, shape)
-
-
-_SCRATCH = _ThreadScratch()
-
-# im2col/col2im copies of at least this many floats are split over threads by channel (numpy releases the
-# GIL inside them), as many threads as BLAS gets: OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, else the usable CPUs.
-PARALLEL_MIN_FLOATS = 1 << 19
-_POOL = []
-
-
-def copy_threads():
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
-            return min(int(os.environ[var]), 8)
-    return min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-
-
-def in_parallel(fn, count, work):
-    """fn(a, b) over [0, count) split into contiguous ranges, on the thread pool when `work` floats merit it."""
-    t = min(copy_threads() if work >= PARALLEL_MIN_FLOATS else 1, count)
-    if t <= 1:
-        fn(0, count)
-        return
-    if not _POOL or _POOL[0][0] < t:
-        _POOL[:] = [(t, ThreadPoolExecutor(t, thread_name_prefix="cu-conv"))]
-    bounds = [count * i // t for i in range(t + 1)]
-    for f in [_POOL[0][1].submit(fn, bounds[i], bounds[i + 1]) for i in range(t)]:
-        f.result()
+# The batch is split into chunks whose columns hold about this many floats: small enough that im2col's output is
+# still in cache when the GEMM reads it, large enough for a GEMM near peak.
+COL_CHUNK_FLOATS = 1 << 20
+TRANSPOSED_RATIO = 2  # use it when the im2col of dout copies at most twice what col2im would add (a copy costs
+# a third of col2im's scattered add)
 
 
 # -- geometry ----------------------------------------------------------------------------------------
@@ -88,87 +37,21 @@ def deconv_out_dim(size, kernel, stride, pad, dilation):
     return stride * (size - 1) + dilation * (kernel - 1) + 1 - 2 * pad
 
 
-def _padded_extent(sp, geo, cols_sp):
-    """Padded spatial size holding every window of the cols_sp grid (> S + 2p only when C truncation let
-    a window overhang, e.g. S + 2p < extent)."""
-    out = []
-    for size, k, s, p, d, o in zip(sp, geo.kernel, geo.stride, geo.pad, geo.dilation, cols_sp):
-        needed = (o - 1) * s + d * (k - 1) + 1 if o > 0 else 0
-        out.append(size + p + max(p, needed - size - p))
-    return tuple(out)
-
-
-def _taps(geo, cols_sp, offs):
-    """The strided slices of the padded image that kernel offset `offs` reads for every column position."""
-    return tuple(slice(u * d, u * d + (o - 1) * s + 1, s)
-                 for u, d, o, s in zip(offs, geo.dilation, cols_sp, geo.stride))
-
-
-def im2col(x, geo, cols_sp, out=None):
-    """x (n, C, *S) -> columns (G, C/G * prod(k), n * prod(cols_sp)), rows ordered (c, *k) as Caffe's im2col.
-
-    The image is first copied channel-major into a zero-padded (C, n, *S_pad) buffer, then each kernel offset
-    is one strided copy (prod(k) copies, never a loop over pixels).
-    """
-    n, c, sp = x.shape[0], x.shape[1], x.shape[2:]
-    full = _padded_extent(sp, geo, cols_sp)
-    xp = _SCRATCH.get("im2col", (c, n) + full)
-    inner = (slice(None),) + tuple(slice(p, p + s) for p, s in zip(geo.pad, sp))
-    kk, p = math.prod(geo.kernel), math.prod(cols_sp)
-    if out is None:
-        out = np.empty((c * kk, n * p), np.float32)
-    colv = out.reshape((c,) + tuple(geo.kernel) + (n,) + tuple(cols_sp))
-
-    def channels(c0, c1):
-        if full != tuple(sp):
-            xp[c0:c1].fill(0)
-        xp[(slice(c0, c1),) + inner] = x[:, c0:c1].swapaxes(0, 1)
-        for offs in np.ndindex(*geo.kernel):
-            colv[(slice(c0, c1),) + offs] = xp[(slice(c0, c1), slice(None)) + _taps(geo, cols_sp, offs)]
-
-    in_parallel(channels, c, out.size)
-    return out.reshape(geo.group, c // geo.group * kk, n * p)
-
-
-def col2im(col, geo, n, c, sp, cols_sp):
-    """Adjoint of im2col: columns (G, K, n * P) -> image, summing overlapping taps.
-
-    Returns a (C, n, *sp) view of a scratch buffer (channel-major); prod(k) strided adds, no pixel loops.
-    """
-    full = _padded_extent(sp, geo, cols_sp)
-    xp = _SCRATCH.get("col2im", (c, n) + full)
-    colv = col.reshape((c,) + tuple(geo.kernel) + (n,) + tuple(cols_sp))
-
-    def channels(c0, c1):
-        xp[c0:c1].fill(0)
-        for offs in np.ndindex(*geo.kernel):
-            xp[(slice(c0, c1), slice(None)) + _taps(geo, cols_sp, offs)] += colv[(slice(c0, c1),) + offs]
-
-    in_parallel(channels, c, col.size)
-    return xp[(slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(geo.pad, sp))]
-
-
-def to_groups(y, g, key="to_groups"):
-    """(n, O, P) -> (G, O/G, n * P) in a scratch buffer (the GEMM layout of a conv output)."""
-    n, o, p = y.shape
-    out = _SCRATCH.get(key, (g, o // g, n, p))
-    out[...] = y.reshape(n, g, o // g, p).transpose(1, 2, 0, 3)
-    return out.reshape(g, o // g, n * p)
-
-
-def from_groups(z, n, out):
-    """(G, O/G, n * P) -> out (n, O, P)."""
-    g, og, np_ = z.shape
-    out.reshape(n, g, og, np_ // n)[...] = z.reshape(g, og, n, np_ // n).transpose(2, 0, 1, 3)
-
-
 def flipped_transposed(w, g):
-    """Weights (Co, Ci/G, *k) -> (G, Ci/G, Co/G * prod(k)) with the kernel flipped: the weights of the
+    """Weights (Co, Ci/G, *k) -> (G, Co/G * prod(k), Ci/G), kernel flipped: the (transposed) GEMM weights of the
     convolution that computes W's transposed convolution (used for stride-1 data gradients)."""
     co, cig, k = w.shape[0], w.shape[1], w.shape[2:]
     flip = (slice(None),) * 3 + (slice(None, None, -1),) * len(k)
-    wt = w.reshape((g, co // g, cig) + k)[flip].swapaxes(1, 2)
-    return np.ascontiguousarray(wt).reshape(g, cig, -1)
+    wf = w.reshape((g, co // g, cig) + k)[flip].reshape(g, co // g, cig, -1)
+    out = SCRATCH.get("w_flipped", (g, co // g, wf.shape[3], cig))
+    out[...] = wf.transpose(0, 1, 3, 2)
+    return out.reshape(g, -1, cig)
+
+
+def chunks(n, floats_per_item):
+    """Batch ranges [a, b) whose columns (floats_per_item each) fit COL_CHUNK_FLOATS."""
+    step = max(1, COL_CHUNK_FLOATS // max(1, floats_per_item))
+    return [(i, min(n, i + step)) for i in range(0, n, step)]
 
 
 class ConvGeometry:
@@ -257,8 +140,6 @@ class BaseConvolution(Layer):
             self.blobs = [self.fill_param(weight_shape, cp.weight_filler)]
             if self.bias_term:
                 self.blobs.append(self.fill_param(bias_shape, cp.bias_filler))
-        self._work = Scratch()  # this layer's own buffers: kept columns and the bottom snapshot
-        self._kept = {}
 
     def compute_output_shape(self, sp):
         raise NotImplementedError
@@ -286,39 +167,36 @@ class BaseConvolution(Layer):
         w = self.blobs[0].data
         return w.reshape(self.geo.group, w.shape[0] // self.geo.group, -1)
 
-    def _chunks(self, n, rows, cols_sp):
-        """Batch ranges whose columns (rows x items * P floats) fit COL_CHUNK_FLOATS."""
-        step = max(1, COL_CHUNK_FLOATS // max(1, rows * math.prod(cols_sp)))
-        return [(i, min(n, i + step)) for i in range(0, n, step)]
-
-    def forward_gemm(self, inp, cols_sp, out, keep=None):
-        """out (n, Cout, P) = W * im2col(inp) (forward_cpu_gemm). With `keep` (a key) and a batch that fits one
-        chunk, the columns are built in this layer's own buffer and returned for a later weight_gemm."""
+    def forward_gemm(self, inp, cols_sp, out, bias=None):
+        """out (n, Cout, P) = W * im2col(inp) (+ bias) (forward_cpu_gemm, forward_cpu_bias), chunk by chunk: the
+        GEMM writes position-major rows, col^T W^T, which are then transposed into out."""
         g, n = self.geo.group, inp.shape[0]
         w3 = self._weights3()
         if self.geo.is_1x1:
             np.matmul(w3, inp.reshape(n, g, w3.shape[2], -1), out=out.reshape(n, g, w3.shape[1], -1))
-            return None
-        chunks = self._chunks(n, w3.shape[2] * g, cols_sp)
-        keep = keep if len(chunks) == 1 else None
-        p = math.prod(cols_sp)
-        for a, b in chunks:
-            shape = (w3.shape[2] * g, (b - a) * p)
-            buf = self._work.get(keep, shape) if keep is not None else _SCRATCH.get("cols", shape)
-            col = im2col(inp[a:b], self.geo, cols_sp, buf)
-            z = np.matmul(w3, col, out=_SCRATCH.get("gemm_out", (g, w3.shape[1], (b - a) * p)))
-            from_groups(z, b - a, out[a:b])
-        return col if keep is not None else None
+            if bias is not None:
+                out += bias[:, None]
+            return
+        wt = SCRATCH.get("w_t", (g, w3.shape[2], w3.shape[1]))
+        wt[...] = w3.transpose(0, 2, 1)
+        k, p = w3.shape[2] * g, math.prod(cols_sp)
+        for a, b in chunks(n, k * p):
+            col = im2col(inp[a:b], self.geo, cols_sp, SCRATCH.get("cols", (k, (b - a) * p)))
+            rows = np.matmul(col.transpose(0, 2, 1), wt, out=SCRATCH.get("rows_out", (g, col.shape[2], wt.shape[2])))
+            rows_to_image(rows, out[a:b], bias)
 
-    def backward_gemm(self, dout, sp, cols_sp, dinp):
-        """dinp (n, Cin, *sp) = col2im(W^T * dout) (backward_cpu_gemm), overwritten; dout (n, Cout, P)."""
+    def backward_gemm(self, dout, sp, cols_sp, dinp, bias=None):
+        """dinp (n, Cin, *sp) = col2im(W^T * dout) (+ bias) (backward_cpu_gemm), overwritten; dout (n, Cout, P)."""
         g, n, geo = self.geo.group, dout.shape[0], self.geo
         w3 = self._weights3()
+        cin, cout = dinp.shape[1], dout.shape[1]
+        bias_shape = (cin,) + (1,) * len(sp)
         if geo.is_1x1:
             np.matmul(w3.transpose(0, 2, 1), dout.reshape(n, g, w3.shape[1], -1),
                       out=dinp.reshape(n, g, w3.shape[2], -1))
+            if bias is not None:
+                dinp += bias.reshape(bias_shape)
             return
-        cin, cout = dinp.shape[1], dout.shape[1]
         t_pad = [d * (k - 1) - p for k, p, d in zip(geo.kernel, geo.pad, geo.dilation)]
         n_sp, n_cols = math.prod(sp), math.prod(cols_sp)
         if (all(s == 1 for s in geo.stride) and all(q >= 0 for q in t_pad)
@@ -328,33 +206,40 @@ class BaseConvolution(Layer):
             # stride 1 and about "same" padding: the transposed convolution is a convolution of dout with the
             # flipped, transposed kernel, which trades col2im's scattered adds for one im2col copy
             tgeo = ConvGeometry(geo.kernel, geo.stride, t_pad, geo.dilation, g)
-            wt = flipped_transposed(self.blobs[0].data, g)
+            wft = flipped_transposed(self.blobs[0].data, g)
             dimg = dout.reshape((n, cout) + tuple(cols_sp))
-            for a, b in self._chunks(n, wt.shape[2] * g, sp):
-                col = im2col(dimg[a:b], tgeo, sp, _SCRATCH.get("cols", (wt.shape[2] * g, (b - a) * math.prod(sp))))
-                z = np.matmul(wt, col, out=_SCRATCH.get("gemm_out", (g, wt.shape[1], col.shape[2])))
-                from_groups(z, b - a, dinp[a:b].reshape(b - a, cin, -1))
+            for a, b in chunks(n, wft.shape[1] * g * n_sp):
+                col = im2col(dimg[a:b], tgeo, sp, SCRATCH.get("cols", (wft.shape[1] * g, (b - a) * n_sp)))
+                rows = np.matmul(col.transpose(0, 2, 1), wft, out=SCRATCH.get("rows_out", (g, col.shape[2], cin // g)))
+                rows_to_image(rows, dinp[a:b].reshape(b - a, cin, n_sp), bias)
             return
-        for a, b in self._chunks(n, w3.shape[2] * g, cols_sp):
-            dcol = np.matmul(w3.transpose(0, 2, 1), to_groups(dout[a:b], g),
-                             out=_SCRATCH.get("dcol", (g, w3.shape[2], (b - a) * math.prod(cols_sp))))
-            dinp[a:b] = col2im(dcol, geo, b - a, cin, sp, cols_sp).swapaxes(0, 1)
+        for a, b in chunks(n, w3.shape[2] * g * n_cols):
+            dy_rows = image_to_rows(dout[a:b], g)
+            dcol = SCRATCH.get("dcol", (w3.shape[2] * g, dy_rows.shape[1]))
+            np.matmul(w3.transpose(0, 2, 1), dy_rows.transpose(0, 2, 1), out=dcol.reshape(g, w3.shape[2], -1))
+            col2im(dcol, geo, cols_sp, dinp[a:b])
+            if bias is not None:
+                dinp[a:b] += bias.reshape(bias_shape)
 
-    def weight_gemm(self, inp, cols_sp, dout, dw, col=None):
-        """dw += dout * im2col(inp)^T (weight_cpu_gemm); `col` reuses forward_gemm's kept columns."""
+    def weight_gemm(self, inp, cols_sp, dout, dw=None, db=None):
+        """dw += dout * im2col(inp)^T (weight_cpu_gemm) and db += dout summed over items and positions
+        (backward_cpu_bias), chunk by chunk, as col (dout rows) = dW^T."""
         g, n = self.geo.group, dout.shape[0]
-        dw3 = dw.reshape(g, dw.shape[0] // g, -1)
-        if self.geo.is_1x1:
-            x3 = inp.reshape(n, inp.shape[1], -1)
-            dw3 += np.matmul(to_groups(dout, g), to_groups(x3, g, "to_groups_x").transpose(0, 2, 1))
-            return
-        kept = col
-        for a, b in self._chunks(n, dw3.shape[2] * g, cols_sp):
-            if kept is None:
-                shape = (dw3.shape[2] * g, (b - a) * math.prod(cols_sp))
-                col = im2col(inp[a:b], self.geo, cols_sp, _SCRATCH.get("cols", shape))
-            # as (col dout^T)^T: OpenBLAS runs this orientation faster for the few-output-channel layers
-            dw3 += np.matmul(col, to_groups(dout[a:b], g).transpose(0, 2, 1)).transpose(0, 2, 1)
+        og, kg = dout.shape[1] // g, inp.shape[1] // g * math.prod(self.geo.kernel)
+        p = math.prod(cols_sp)
+        acc = SCRATCH.get("dw_t", (g, kg, og)) if dw is not None else None
+        for i, (a, b) in enumerate(chunks(n, kg * g * p)):
+            dy_rows = image_to_rows(dout[a:b], g)
+            if db is not None:
+                db.reshape(g, og)[...] += np.matmul(np.ones(dy_rows.shape[1], np.float32), dy_rows)
+            if dw is not None:
+                col = im2col(inp[a:b], self.geo, cols_sp, SCRATCH.get("cols", (kg * g, (b - a) * p)))
+                if i == 0:
+                    np.matmul(col, dy_rows, out=acc)
+                else:
+                    acc += np.matmul(col, dy_rows, out=SCRATCH.get("dw_t_part", acc.shape))
+        if dw is not None:
+            dw.reshape(g, og, kg)[...] += acc.transpose(0, 2, 1)
 
     def _image(self, arr, channels, sp):
         return arr.reshape((self.num, channels) + tuple(sp))
@@ -376,34 +261,22 @@ class Convolution(BaseConvolution):
         return [conv_out_dim(*a) for a in zip(sp, g.kernel, g.stride, g.pad, g.dilation)]
 
     def forward(self, bottom, top):
-        o = self.num_output
-        self._kept = {}
-        for i, (b, t) in enumerate(zip(bottom, top)):
-            y = t.data.reshape(self.num, o, -1)
-            col = self.forward_gemm(self._image(b.data, self.channels, self.in_sp), self.out_sp, y, keep=("col", i))
-            if col is not None:
-                # Caffe re-reads the bottom in backward: keep a copy to prove the kept columns still match it
-                snap = self._work.get(("x", i), b.data.shape)
-                snap[...] = b.data
-                self._kept[i] = (b.data, snap, col)
-            if self.bias_term:
-                y += self.blobs[1].data[:, None]
+        bias = self.blobs[1].data if self.bias_term else None
+        for b, t in zip(bottom, top):
+            y = t.data.reshape(self.num, self.num_output, -1)
+            self.forward_gemm(self._image(b.data, self.channels, self.in_sp), self.out_sp, y, bias)
 
     def backward(self, top, propagate_down, bottom):
         o = self.num_output
+        dw = self.blobs[0].diff if self._param_down(0) else None
+        db = self.blobs[1].diff if self.bias_term and self._param_down(1) else None
         for i, (t, b) in enumerate(zip(top, bottom)):
             dy = t.diff.reshape(self.num, o, -1)
-            if self.bias_term and self._param_down(1):
-                self.blobs[1].diff[...] += dy.sum(axis=(0, 2), dtype=np.float32)
-            x = self._image(b.data, self.channels, self.in_sp)
-            if self._param_down(0):
-                kept, col = self._kept.get(i), None
-                if kept is not None and kept[0] is b.data and np.array_equal(kept[1], b.data):
-                    col = kept[2]
-                self.weight_gemm(x, self.out_sp, dy, self.blobs[0].diff, col)
+            if dw is not None or db is not None:
+                # Caffe re-reads the bottom here: the columns are rebuilt from it, never kept from forward
+                self.weight_gemm(self._image(b.data, self.channels, self.in_sp), self.out_sp, dy, dw, db)
             if propagate_down[i]:
                 self.backward_gemm(dy, self.in_sp, self.out_sp, self._image(b.diff, self.channels, self.in_sp))
-        self._kept = {}
 
 
 @register
@@ -418,23 +291,21 @@ class Deconvolution(BaseConvolution):
         return [deconv_out_dim(*a) for a in zip(sp, g.kernel, g.stride, g.pad, g.dilation)]
 
     def forward(self, bottom, top):
-        o = self.num_output
+        bias = self.blobs[1].data if self.bias_term else None
         for b, t in zip(bottom, top):
-            y = self._image(t.data, o, self.out_sp)
-            self.backward_gemm(b.data.reshape(self.num, self.channels, -1), self.out_sp, self.in_sp, y)
-            if self.bias_term:
-                y.reshape(self.num, o, -1)[...] += self.blobs[1].data[:, None]
+            y = self._image(t.data, self.num_output, self.out_sp)
+            self.backward_gemm(b.data.reshape(self.num, self.channels, -1), self.out_sp, self.in_sp, y, bias)
 
     def backward(self, top, propagate_down, bottom):
         o = self.num_output
+        dw = self.blobs[0].diff if self._param_down(0) else None
         for i, (t, b) in enumerate(zip(top, bottom)):
             dy = self._image(t.diff, o, self.out_sp)
             if self.bias_term and self._param_down(1):
                 self.blobs[1].diff[...] += dy.reshape(self.num, o, -1).sum(axis=(0, 2), dtype=np.float32)
-            col = None
+            if dw is not None:
+                # dW: the deconv's input plays the conv output's part
+                self.weight_gemm(dy, self.in_sp, b.data.reshape(self.num, self.channels, -1), dw)
             if propagate_down[i]:
-                # dx = W * im2col(dy); the same columns then serve dW
-                col = self.forward_gemm(dy, self.in_sp, b.diff.reshape(self.num, self.channels, -1),
-                                        keep="dcols" if self._param_down(0) else None)
-            if self._param_down(0):
-                self.weight_gemm(dy, self.in_sp, b.data.reshape(self.num, self.channels, -1), self.blobs[0].diff, col)
+                # dx = W * im2col(dy)
+                self.forward_gemm(dy, self.in_sp, b.diff.reshape(self.num, self.channels, -1))

@@ -77,10 +77,12 @@ class Data(_DataLayer):
         self.source = p.source
         self.transformer = self._source(DataTransformer, self.param.transform_param, self.phase, self.rng, self.where)
         self.db = self._source(open_datum_db, p.source, p.backend)
+        self.log.info(f"Opened lmdb {p.source}", "db_lmdb.cpp:35")
         key, value = self.db.peek()
         datum = caffe_pb2.Datum.FromString(value)
         shape = self._item_shape(datum, key)
         top[0].reshape((self.batch_size,) + shape)
+        self.log.info("output data size: " + ",".join(str(d) for d in top[0].shape), "data_layer.cpp:45")
         if len(top) > 1:
             top[1].reshape((self.batch_size,))
 
@@ -95,7 +97,10 @@ class Data(_DataLayer):
         return self._source(self.transformer.decode, data, f"{self.source}: {name}")
 
     def forward(self, bottom, top):
+        wraps = getattr(self.db, "wraps", 0)
         keys, values = self.db.read(self.batch_size, copy=False)   # views into the map, used before returning
+        if getattr(self.db, "wraps", 0) != wraps:
+            self.log.info("Restarting data prefetching from start.", "data_layer.cpp:73")
         batch, labels, names = self._source(raw_datums_to_batch, values, keys, self._decode, self.source)
         names = [f"{self.source}: {n}" for n in names]
         first = batch[0].shape
@@ -119,7 +124,9 @@ class HDF5Data(_DataLayer):
             raise self.error(f"{self.type} does not transform data.")
         p = self.param.hdf5_data_param
         self.batch_size = self._positive_batch_size(p.batch_size, "hdf5_data_param")
+        self.log.info(f"Loading list of HDF5 filenames from: {p.source}", "hdf5_data_layer.cpp:81")
         self.reader = self._source(HDF5ListSource, p.source, list(self.param.top), p.shuffle, self.rng)
+        self.log.info(f"Number of HDF5 files: {len(self.reader.files)}", "hdf5_data_layer.cpp:95")
         for t, row_shape in zip(top, self.reader.row_shapes):
             t.reshape((self.batch_size,) + tuple(row_shape))
 

@@ -7,7 +7,17 @@ Embed: bottom of integer-valued indices in [0, input_dim), any shape; top = bott
 """
 import numpy as np
 
+from . import fc_kernels
 from .base import Layer, register
+from .im2col import in_parallel
+
+# Few rows against a large weight: the numba kernels of fc_kernels.py instead of OpenBLAS's skinny GEMMs
+SKINNY_MAX_ROWS = 16
+SKINNY_MIN_WEIGHT = 1 << 20
+
+
+def _skinny(m, w):
+    return m <= SKINNY_MAX_ROWS and w.size >= SKINNY_MIN_WEIGHT
 
 
 def accumulate_matmul(out, a, b, block_floats=1 << 18):
@@ -66,6 +76,8 @@ class InnerProduct(Layer):
         y = top[0].data.reshape(self.m, self.num_output)
         if self.transpose:
             np.matmul(x, w, out=y)
+        elif _skinny(self.m, w):
+            in_parallel(lambda a, b: fc_kernels.forward(x, w, y, a, b), w.shape[0], w.size)
         elif self.m < 128:
             # few rows: OpenBLAS is about twice as fast on W x^T than on x W^T here
             y[...] = np.matmul(w, x.T).T
@@ -80,6 +92,9 @@ class InnerProduct(Layer):
         if _param_down(self, 0):
             if self.transpose:
                 accumulate_matmul(self.blobs[0].diff, x.T, dy)
+            elif _skinny(self.m, self.blobs[0].diff):
+                dw = self.blobs[0].diff
+                in_parallel(lambda a, b: fc_kernels.weight_grad(dy, x, dw, a, b), dw.shape[0], dw.size)
             else:
                 accumulate_matmul(self.blobs[0].diff, dy.T, x)
         if self.bias_term and _param_down(self, 1):

@@ -99,6 +99,11 @@ class _SoftmaxClassLoss(LossLayer):
     def softmax_axis(self):
         return self.param.softmax_param.axis
 
+    def layer_setup(self, bottom, top):
+        # Caffe builds an inner Softmax layer here through the layer factory, which logs a second
+        # "Creating layer <name>" (golden/solvers/logs/*.log); the math needs no inner layer.
+        self.log.info(f"Creating layer {self.name}", "layer_factory.hpp:77")
+
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
         shape = bottom[0].shape
@@ -159,6 +164,7 @@ class InfogainLoss(_SoftmaxClassLoss):
         return self.param.infogain_loss_param.axis
 
     def layer_setup(self, bottom, top):
+        super().layer_setup(bottom, top)
         if self.param.loss_param.HasField("normalize"):
             raise self.error('normalize is deprecated. use "normalization"')
         self.infogain = None

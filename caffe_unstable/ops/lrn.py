@@ -6,11 +6,17 @@ WITHIN_CHANNEL:  Caffe composes Split + Power(2) + AVE Pooling(n, pad pre, strid
                  Eltwise PROD, i.e. y = x * (1 + alpha * mean_{n x n}(x^2))^-beta with the mean always over n*n
                  cells (zero padding counts) and k ignored. It is computed directly here, with the analytic
                  backward of that chain.
+The layer runs ACROSS_CHANNELS through the numba kernels of lrn_kernels.py; `across_forward` / `across_backward`
+below are their numpy reference.
 """
 import numpy as np
 
+from . import lrn_kernels
 from .base import Layer, register
-from .pooling import ave_pool_backward, ave_pool_forward, pool_out_dims
+from .im2col import in_parallel
+from .pooling import ave_pool, ave_unpool, pool_out_dims
+
+PIXEL_BLOCK = 1024  # pixels per kernel unit: the backward's ratio buffer (C x block) stays in L2
 
 ACROSS_CHANNELS, WITHIN_CHANNEL = 0, 1
 
@@ -60,12 +66,33 @@ def across_backward(dy, x, y, scale, scale_pow, size, alpha, beta):
     return np.subtract(dy * scale_pow, accum, out=accum)
 
 
+def across_forward_fast(x, size, alpha, beta, k, y, scale):
+    """y and scale (N, C, H, W) of CrossChannelForward_cpu by the numba kernel."""
+    n, c = x.shape[:2]
+    p = x.size // max(1, n * c)
+    aos = np.float32(alpha) / np.float32(size)  # alpha_ / size_ in float, as Caffe
+    flat = [a.reshape(-1) for a in (x, y, scale)]
+    in_parallel(lambda a, b: lrn_kernels.across_forward(flat[0], c, p, size, aos, beta, k, PIXEL_BLOCK, flat[1],
+                                                        flat[2], a, b), n * -(-p // PIXEL_BLOCK), x.size)
+
+
+def across_backward_fast(dy, x, y, scale, size, alpha, beta, dx):
+    """dx (overwritten) of CrossChannelBackward_cpu by the numba kernel."""
+    n, c = x.shape[:2]
+    p = x.size // max(1, n * c)
+    ratio = np.float32(2.0 * alpha * beta / size)
+    flat = [a.reshape(-1) for a in (dy, x, y, scale, dx)]
+    in_parallel(lambda a, b: lrn_kernels.across_backward(*flat[:4], c, p, size, ratio, beta, PIXEL_BLOCK, flat[4],
+                                                         a, b), n * -(-p // PIXEL_BLOCK), x.size)
+
+
 def within_forward(x, size, alpha, beta):
     """(y, base, power) with base = 1 + alpha * avepool(x^2) and power = base^-beta."""
     pre = (size - 1) // 2
     kernel, stride, pad = (size, size), (1, 1), (pre, pre)
     out_hw = pool_out_dims(x.shape[2:], kernel, stride, pad)  # = (H, W): every window fits, divisor n*n
-    base = ave_pool_forward(x * x, kernel, stride, pad, out_hw)
+    base = np.empty(x.shape[:2] + out_hw, np.float32)
+    ave_pool(x * x, kernel, stride, pad, base)
     base *= np.float32(alpha)
     base += np.float32(1.0)
     power = neg_power(base, beta)
@@ -76,7 +103,8 @@ def within_backward(dy, x, base, power, size, alpha, beta):
     """Backward of the Split/Power/Pooling/Power/Eltwise chain, summed over the two Split branches."""
     pre = (size - 1) // 2
     dpool = (dy * x) * np.float32(-beta * alpha) * power / base   # Power(-beta, alpha, 1): diff_scale * y / base
-    dsq = ave_pool_backward(dpool, x.shape, (size, size), (1, 1), (pre, pre))
+    dsq = np.empty(x.shape, np.float32)
+    ave_unpool(dpool, (size, size), (1, 1), (pre, pre), dsq)
     return dy * power + np.float32(2.0) * x * dsq                    # Eltwise PROD branch + Power(2) branch
 
 
@@ -105,17 +133,18 @@ class LRN(Layer):
     def forward(self, bottom, top):
         x = bottom[0].data
         if self.region == ACROSS_CHANNELS:
-            y, self._scale, self._scale_pow = across_forward(x, self.size, self.alpha, self.beta, self.k)
+            if getattr(self, "_scale", None) is None or self._scale.shape != x.shape:
+                self._scale = np.empty(x.shape, np.float32)
+            across_forward_fast(x, self.size, self.alpha, self.beta, self.k, top[0].data, self._scale)
         else:
             y, self._base, self._power = within_forward(x, self.size, self.alpha, self.beta)
-        top[0].data[...] = y
+            top[0].data[...] = y
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
         dy, x = top[0].diff, bottom[0].data
         if self.region == ACROSS_CHANNELS:
-            dx = across_backward(dy, x, top[0].data, self._scale, self._scale_pow, self.size, self.alpha, self.beta)
+            across_backward_fast(dy, x, top[0].data, self._scale, self.size, self.alpha, self.beta, bottom[0].diff)
         else:
-            dx = within_backward(dy, x, self._base, self._power, self.size, self.alpha, self.beta)
-        bottom[0].diff[...] = dx
+            bottom[0].diff[...] = within_backward(dy, x, self._base, self._power, self.size, self.alpha, self.beta)

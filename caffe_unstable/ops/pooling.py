@@ -1,14 +1,17 @@
 """Caffe's Pooling layer (layers/pooling_layer.cpp): MAX and AVE over 2-D windows, global pooling, CEIL/FLOOR.
 
 bottom (N, C, H, W) -> top (N, C, Ho, Wo) [+ top 1 for MAX: the argmax mask, flat index h*W+w as float].
-Everything is vectorized over (N, C, Ho, Wo): the loops below run over the kh*kw kernel offsets only, which
-visits each window's cells in Caffe's row-major scan order.
+The layer runs the numba kernels of pool_kernels.py (Caffe's loops, split over threads by (n, c) plane).
+The numpy functions below (`max_pool_forward` & co.) are the vectorized reference the kernels are tested
+against: they loop over the kh*kw kernel offsets only, which visits each window's cells in Caffe's row-major order.
 """
 import math
 
 import numpy as np
 
+from . import pool_kernels
 from .base import Layer, register
+from .im2col import in_parallel
 
 FLT_MAX = float(np.finfo(np.float32).max)
 MAX, AVE, STOCHASTIC = 0, 1, 2
@@ -158,6 +161,36 @@ def ave_pool_backward(dy, in_shape, kernel, stride, pad):
     return dxp[:, :, pad[0]:pad[0] + h, pad[1]:pad[1] + w]
 
 
+def _planes(a):
+    return a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
+
+
+def max_pool(x, kernel, stride, pad, out_hw, top, mask):
+    """top (N, C, Ho, Wo) and int32 mask (Caffe's max_idx_) of x by the numba kernels: the phase-plane one on
+    large outputs whose rows it pads by at most a quarter."""
+    x3, t3, m3 = _planes(x), _planes(top), _planes(mask)
+    pad_lanes = (kernel[1] - 1) // stride[1]
+    phases = out_hw[0] * out_hw[1] >= 64 and 4 * pad_lanes <= out_hw[1]
+    kernel_fn = pool_kernels.max_forward_phases if phases else pool_kernels.max_forward
+    in_parallel(lambda a, b: kernel_fn(x3, *kernel, *stride, *pad, t3, m3, a, b), len(x3), x.size)
+
+
+def max_unpool(dy, mask, dx):
+    """dx = dy routed through the mask (int32 or the float mask top), overwritten."""
+    dy3, m3, dx3 = _planes(dy), _planes(mask), _planes(dx)
+    in_parallel(lambda a, b: pool_kernels.max_backward(dy3, m3, dx3, a, b), len(dx3), dx.size)
+
+
+def ave_pool(x, kernel, stride, pad, top):
+    x3, t3 = _planes(x), _planes(top)
+    in_parallel(lambda a, b: pool_kernels.ave_forward(x3, *kernel, *stride, *pad, t3, a, b), len(x3), x.size)
+
+
+def ave_unpool(dy, kernel, stride, pad, dx):
+    dy3, dx3 = _planes(dy), _planes(dx)
+    in_parallel(lambda a, b: pool_kernels.ave_backward(dy3, *kernel, *stride, *pad, dx3, a, b), len(dx3), dx.size)
+
+
 @register
 class Pooling(Layer):
     """MAX / AVE pooling; STOCHASTIC is not implemented on CPU in Caffe either."""
@@ -231,16 +264,17 @@ class Pooling(Layer):
                              f"the padded {h}x{w} input")
         for t in top:
             t.reshape((n, c) + self.out_hw)
+        if self.method == MAX and getattr(self, "_mask", np.empty(0)).shape != top[0].shape:
+            self._mask = np.empty(top[0].shape, np.int32)   # Caffe's max_idx_
 
     def forward(self, bottom, top):
         x = bottom[0].data
         if self.method == MAX:
-            y, self._argmax = max_pool_forward(x, self.kernel, self.stride, self.pad, self.out_hw)
-            top[0].data[...] = y
+            max_pool(x, self.kernel, self.stride, self.pad, self.out_hw, top[0].data, self._mask)
             if len(top) > 1:
-                top[1].data[...] = self._argmax.flat()
+                top[1].data[...] = self._mask
         elif self.method == AVE:
-            top[0].data[...] = ave_pool_forward(x, self.kernel, self.stride, self.pad, self.out_hw)
+            ave_pool(x, self.kernel, self.stride, self.pad, top[0].data)
         elif self.method == STOCHASTIC:
             raise self.error("Not Implemented Yet: STOCHASTIC pooling has no CPU implementation in Caffe")
         else:
@@ -249,12 +283,10 @@ class Pooling(Layer):
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        shape = bottom[0].shape
         if self.method == MAX:
             # Caffe reads the mask top when there is one, its internal max_idx_ otherwise
-            idx = top[1].data if len(top) > 1 else self._argmax.flat()
-            bottom[0].diff[...] = max_pool_backward(top[0].diff, idx, shape)
+            max_unpool(top[0].diff, top[1].data if len(top) > 1 else self._mask, bottom[0].diff)
         elif self.method == AVE:
-            bottom[0].diff[...] = ave_pool_backward(top[0].diff, shape, self.kernel, self.stride, self.pad)
+            ave_unpool(top[0].diff, self.kernel, self.stride, self.pad, bottom[0].diff)
         else:
             raise self.error("Not Implemented Yet: STOCHASTIC pooling has no CPU implementation in Caffe")

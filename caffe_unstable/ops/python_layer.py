@@ -14,6 +14,7 @@ import importlib
 import os
 import sys
 
+from ..errors import CaffeUnstableError
 from ..net.blob import Blob
 from .base import Layer, register
 
@@ -52,11 +53,13 @@ class PyLayer:
         """Shape the tops; the default leaves them as they are."""
 
     def forward(self, bottom, top):
-        raise NotImplementedError(f"{type(self).__name__} does not define forward(bottom, top)")
+        raise CaffeUnstableError(f"layer '{self.layer_param.name}'",
+                                 f"Python layer {type(self).__name__} does not define forward(bottom, top)")
 
     def backward(self, top, propagate_down, bottom):
         if any(propagate_down):
-            raise NotImplementedError(f"{type(self).__name__} does not define backward(top, propagate_down, bottom)")
+            raise CaffeUnstableError(f"layer '{self.layer_param.name}'", f"Python layer {type(self).__name__} does "
+                                     "not define backward(top, propagate_down, bottom)")
 
 
 def import_layer_module(module):

@@ -3,9 +3,15 @@
 Nets: LeNet (batch 64), cifar10_quick (batch 100), AlexNet (batch 10), TRAIN phase with a SoftmaxWithLoss.
 The PyTorch peer is built layer by layer from the same NetParameter with our weights copied in, and the losses
 are checked to agree before anything is timed. Prints ours/peer ratios (< 1 means we are faster).
-Run: python scripts/bench/net_speed.py [--repeat N]
+Threads: OMP_NUM_THREADS (default 2) for both sides; set it before the run so OpenBLAS and numba's pools agree.
+On a shared machine, `OMP_NUM_THREADS=1 ... --cpu-time` compares single-thread CPU time, which other processes
+barely disturb (wall time with 2 threads suffers badly from spinning BLAS threads being descheduled; running with
+OPENBLAS_THREAD_TIMEOUT=4 in the environment makes OpenBLAS's idle threads sleep at once and ours far less
+sensitive to other load). The load average is printed before and after the run.
+Run: python scripts/bench/net_speed.py [--repeat N] [--cpu-time] [--nets LeNet,AlexNet]
 """
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -108,28 +114,35 @@ class TorchPeer:
         return loss
 
 
-def timed(fn, repeat):
+def timed(fn, repeat, clock=time.perf_counter):
     fn()
     fn()
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append((time.perf_counter() - t0) * 1000)
+        times.append((clock() - t0) * 1000)
     return statistics.median(times)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--cpu-time", action="store_true", help="process CPU time instead of wall time")
+    ap.add_argument("--nets", default="", help="comma-separated subset of LeNet,cifar10_quick,AlexNet")
     args = ap.parse_args()
     import torch
 
-    torch.set_num_threads(2)
+    threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
+    torch.set_num_threads(threads)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     rng = np.random.default_rng(0)
+    print("load average %.2f %.2f %.2f" % os.getloadavg())
     print(f"{'net':<14} {'batch':>5} {'fwd ours':>9} {'fwd torch':>9} {'ratio':>6} {'f+b ours':>9} "
           f"{'f+b torch':>9} {'ratio':>6}")
     for name, batch, param, scaled in benchmark_nets():
+        if args.nets and name not in args.nets.split(","):
+            continue
         set_batch(param, batch)
         net = caffe.Net(param, caffe.TRAIN, rng=0)
         for blobs in net.params.values():   # He-scaled gaussians keep the activations in range
@@ -162,11 +175,13 @@ def main():
             net.forward_backward()
 
         repeat = args.repeat if batch < 50 or name != "AlexNet" else max(3, args.repeat // 2)
-        f_ours, f_torch = timed(net.forward_prefilled, repeat), timed(torch_fwd, repeat)
-        fb_ours, fb_torch = timed(ours_fb, repeat), timed(torch_fb, repeat)
+        f_ours, f_torch = timed(net.forward_prefilled, repeat, clock), timed(torch_fwd, repeat, clock)
+        fb_ours, fb_torch = timed(ours_fb, repeat, clock), timed(torch_fb, repeat, clock)
         print(f"{name:<14} {batch:>5} {f_ours:>8.1f}m {f_torch:>8.1f}m {f_ours / f_torch:>6.2f} "
               f"{fb_ours:>8.1f}m {fb_torch:>8.1f}m {fb_ours / fb_torch:>6.2f}")
-    print("ratio = ours / PyTorch CPU (2 threads), median ms; targets: <= 1.0 LeNet, cifar10_quick; <= 0.65 AlexNet")
+    print("load average %.2f %.2f %.2f" % os.getloadavg())
+    print(f"ratio = ours / PyTorch CPU ({threads} thread(s)), median {'CPU' if args.cpu_time else 'wall'} ms; "
+          "targets (2 threads): <= 1.0 LeNet, cifar10_quick; <= 0.65 AlexNet")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import caffe_unstable.ops.conv as conv
+import caffe_unstable.ops.im2col as im2col
 from caffe_unstable.errors import CaffeUnstableError
 from caffe_unstable.net.blob import Blob
 from tests.ops.gradcheck import assert_golden_layer, check_gradient, layer_from_text
@@ -231,8 +232,8 @@ def test_chunked_threaded_and_alternative_data_paths_agree(monkeypatch, chunk, r
     ref.backward(rt, [True], rb)
     monkeypatch.setattr(conv, "COL_CHUNK_FLOATS", chunk)
     monkeypatch.setattr(conv, "TRANSPOSED_RATIO", ratio)
-    monkeypatch.setattr(conv, "PARALLEL_MIN_FLOATS", parallel)
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setattr(im2col, "PARALLEL_MIN_FLOATS", parallel)
+    monkeypatch.setattr(im2col, "THREADS", 3)
     layer, bottom, top = make(text, [(3, 3, 5, 4)])
     top[0].diff[...] = rt[0].diff
     layer.backward(top, [True], bottom)
@@ -309,3 +310,44 @@ def test_given_blobs_are_checked():
     layer.blobs = [Blob((2, 2, 3, 3))]
     with pytest.raises(CaffeUnstableError, match="Incorrect number of weight blobs."):
         layer.setup([Blob((1, 2, 5, 5))], [Blob()])
+
+
+# -- the numba im2col kernels against the numpy N-D versions ---------------------------------------------
+IM2COL_GEOMETRIES = [
+    # (image shape, kernel, stride, pad, dilation)
+    ((2, 3, 7, 6), (3, 3), (1, 1), (1, 1), (1, 1)),      # "same": whole-plane copies
+    ((2, 2, 6, 7), (5, 3), (1, 1), (2, 1), (1, 1)),
+    ((1, 2, 9, 8), (3, 2), (2, 3), (1, 0), (1, 1)),
+    ((2, 1, 9, 9), (3, 3), (1, 1), (2, 2), (2, 2)),      # dilated
+    ((1, 2, 11, 10), (4, 4), (4, 3), (0, 2), (1, 2)),
+    ((1, 2, 4, 4), (3, 3), (1, 1), (3, 3), (1, 1)),      # more padding than image rows
+    ((3, 2, 13), (4,), (2,), (1,), (1,)),                # 1-D
+]
+
+
+@pytest.mark.parametrize("shape,k,s,p,d", IM2COL_GEOMETRIES)
+def test_im2col_kernels_equal_numpy(shape, k, s, p, d):
+    geo = conv.ConvGeometry(k, s, p, d, 1)
+    cols_sp = tuple(conv.conv_out_dim(*a) for a in zip(shape[2:], k, s, p, d))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape).astype(np.float32)
+    rows, n_cols = shape[1] * int(np.prod(k)), shape[0] * int(np.prod(cols_sp))
+    want, got = np.empty((rows, n_cols), np.float32), np.full((rows, n_cols), np.nan, np.float32)
+    im2col.im2col_nd(x, geo, cols_sp, want)
+    im2col.im2col(x, geo, cols_sp, got)
+    np.testing.assert_array_equal(got, want)
+    col = rng.normal(size=(rows, n_cols)).astype(np.float32)
+    want, got = np.empty(shape, np.float32), np.full(shape, np.nan, np.float32)
+    im2col.col2im_nd(col, geo, cols_sp, want)
+    im2col.col2im(col, geo, cols_sp, got)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_row_transposes():
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=(3, 6, 37)).astype(np.float32)              # (n, O, P), two groups of 3
+    rows = im2col.image_to_rows(y, 2)
+    np.testing.assert_array_equal(rows, y.reshape(3, 2, 3, 37).transpose(1, 0, 3, 2).reshape(2, 3 * 37, 3))
+    bias = rng.normal(size=6).astype(np.float32)
+    back = im2col.rows_to_image(rows.copy(), np.empty_like(y), bias)
+    np.testing.assert_array_equal(back, y + bias[:, None])

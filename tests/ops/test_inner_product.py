@@ -127,3 +127,28 @@ def test_blocked_accumulation_equals_plain():
     out = np.ones((37, 11), np.float32)
     accumulate_matmul(out, a, b, block_floats=30)
     np.testing.assert_allclose(out, 1 + a @ b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("m", [1, 3, 4, 10])
+def test_skinny_kernels_equal_blas(monkeypatch, m):
+    """Few rows against a large weight run fc_kernels (split over threads): same values as the BLAS path."""
+    from caffe_unstable.ops import im2col, inner_product
+    rng = np.random.default_rng(m)
+    x = rng.normal(size=(m, 37)).astype(np.float32)
+    w, b = rng.normal(size=(13, 37)).astype(np.float32), rng.normal(size=13).astype(np.float32)
+    dy = rng.normal(size=(m, 13)).astype(np.float32)
+    text = 'type: "InnerProduct" inner_product_param { num_output: 13 }'
+    results = []
+    for min_weight in (1 << 30, 0):   # BLAS, then the kernels
+        monkeypatch.setattr(inner_product, "SKINNY_MIN_WEIGHT", min_weight)
+        monkeypatch.setattr(im2col, "PARALLEL_MIN_FLOATS", 0)
+        monkeypatch.setattr(im2col, "THREADS", 2)
+        layer, bottom, top = run(text, x, [w, b])
+        top[0].diff[...] = dy
+        layer.blobs[0].diff[...] = 1
+        layer.backward(top, [True], bottom)
+        results.append((top[0].data.copy(), layer.blobs[0].diff.copy(), bottom[0].diff.copy()))
+    for want, got in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(results[1][0], x @ w.T + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(results[1][1], 1 + dy.T @ x, rtol=1e-5, atol=1e-5)

@@ -95,3 +95,25 @@ def test_backward_respects_propagate_down():
     top[0].diff[...] = 1
     layer.backward(top, [False], bottom)
     assert (bottom[0].diff == 7).all()
+
+
+@pytest.mark.parametrize("n,beta,shape,block", [(5, 0.75, (2, 7, 5, 6), 1024), (3, 0.5, (1, 4, 6, 7), 16),
+                                                (7, 1.0, (2, 3, 4, 5), 7), (5, 0.6, (1, 9, 3, 3), 4),
+                                                (1, 0.75, (1, 2, 2, 2), 1024)])
+def test_kernels_equal_numpy_reference(monkeypatch, n, beta, shape, block):
+    """The numba kernels (Caffe's sliding channel window, pixel blocks) against the vectorized numpy version."""
+    from caffe_unstable.ops import im2col, lrn
+    monkeypatch.setattr(lrn, "PIXEL_BLOCK", block)
+    monkeypatch.setattr(im2col, "PARALLEL_MIN_FLOATS", 0)
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=shape) * 3).astype(np.float32)
+    dy = rng.normal(size=shape).astype(np.float32)
+    y_ref, scale_ref, pow_ref = lrn.across_forward(x, n, 0.3, beta, 1.5)
+    y, scale = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
+    lrn.across_forward_fast(x, n, 0.3, beta, 1.5, y, scale)
+    np.testing.assert_allclose(scale, scale_ref, rtol=1e-6)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-7)
+    dx = np.full(shape, np.nan, np.float32)
+    lrn.across_backward_fast(dy, x, y, scale, n, 0.3, beta, dx)
+    np.testing.assert_allclose(dx, lrn.across_backward(dy, x, y_ref, scale_ref, pow_ref, n, 0.3, beta), rtol=1e-4,
+                               atol=1e-6)

@@ -239,3 +239,81 @@ def test_kernel_larger_than_input():
     layer = layer_from_text('type: "Pooling" pooling_param { pool: MAX kernel_size: 4 }')
     with pytest.raises(CaffeUnstableError, match="Check failed: pooled size"):
         layer.setup([Blob((1, 1, 1, 1))], [Blob()])
+
+
+# -- the numba kernels against the numpy reference (pooling.max_pool_forward & co.) -----------------------
+KERNEL_GEOMETRIES = [
+    # (x shape, kernel, stride, pad, ceil): large enough planes for the phase-plane MAX kernel
+    ((2, 3, 17, 19), (3, 3), (2, 2), (0, 0), True),
+    ((2, 2, 16, 16), (2, 2), (2, 2), (0, 0), True),
+    ((1, 2, 15, 14), (3, 2), (2, 3), (1, 1), True),
+    ((1, 2, 12, 13), (3, 3), (1, 1), (2, 2), True),
+    ((1, 3, 20, 21), (4, 3), (3, 2), (1, 0), False),
+    ((1, 2, 9, 11), (9, 11), (1, 1), (0, 0), True),     # global
+    ((1, 1, 3, 4), (3, 3), (2, 2), (1, 1), True),
+]
+
+
+def _kernel_input(shape, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 4, shape).astype(np.float32)   # ties everywhere
+    flat = x.reshape(-1)
+    idx = rng.choice(flat.size, size=flat.size // 5, replace=False)
+    flat[idx[0::3]] = np.nan
+    flat[idx[1::3]] = -np.inf
+    flat[idx[2::3]] = -FLT_MAX
+    return x
+
+
+@pytest.mark.parametrize("shape,k,s,p,ceil_mode", KERNEL_GEOMETRIES)
+@pytest.mark.parametrize("kernel", ["max_forward", "max_forward_phases"])
+def test_max_kernels_equal_reference_bitwise(shape, k, s, p, ceil_mode, kernel):
+    from caffe_unstable.ops import pool_kernels, pooling
+    x = _kernel_input(shape, 1)
+    out_hw = pooling.pool_out_dims(shape[2:], k, s, p, ceil_mode)
+    want, argmax = pooling.max_pool_forward(x, k, s, p, out_hw)
+    n = shape[0] * shape[1]
+    top, mask = np.empty((n,) + out_hw, np.float32), np.empty((n,) + out_hw, np.int32)
+    getattr(pool_kernels, kernel)(x.reshape((n,) + shape[2:]), *k, *s, *p, top, mask, 0, n)
+    assert np.array_equal(top.view(np.int32), want.reshape(top.shape).view(np.int32))   # to the bit
+    np.testing.assert_array_equal(mask, argmax.flat().reshape(mask.shape))
+    dy = np.random.default_rng(2).normal(size=top.shape).astype(np.float32)
+    dx = np.full((n,) + shape[2:], np.nan, np.float32)
+    pool_kernels.max_backward(dy, mask, dx, 0, n)
+    np.testing.assert_array_equal(dx.reshape(shape), pooling.max_pool_backward(dy, mask, shape))
+    pool_kernels.max_backward(dy, mask.astype(np.float32), dx, 0, n)   # the float mask top: same routing
+    np.testing.assert_array_equal(dx.reshape(shape), pooling.max_pool_backward(dy, mask, shape))
+
+
+@pytest.mark.parametrize("shape,k,s,p,ceil_mode", KERNEL_GEOMETRIES)
+def test_ave_kernels_equal_reference(shape, k, s, p, ceil_mode):
+    from caffe_unstable.ops import pool_kernels, pooling
+    x = np.random.default_rng(4).normal(size=shape).astype(np.float32)
+    out_hw = pooling.pool_out_dims(shape[2:], k, s, p, ceil_mode)
+    n = shape[0] * shape[1]
+    top = np.empty((n,) + out_hw, np.float32)
+    pool_kernels.ave_forward(x.reshape((n,) + shape[2:]), *k, *s, *p, top, 0, n)
+    np.testing.assert_allclose(top.reshape((shape[:2]) + out_hw), pooling.ave_pool_forward(x, k, s, p, out_hw),
+                               rtol=1e-6, atol=1e-6)
+    if shape[2] * shape[3] < 200:   # Caffe's own summation order: equal to the loop reference to the bit
+        np.testing.assert_array_equal(top.reshape(shape[:2] + out_hw), naive_pool(x, "AVE", k, s, p, ceil_mode)[0])
+    dy = np.random.default_rng(5).normal(size=top.shape).astype(np.float32)
+    dx = np.full((n,) + shape[2:], np.nan, np.float32)
+    pool_kernels.ave_backward(dy, *k, *s, *p, dx, 0, n)
+    np.testing.assert_allclose(dx.reshape(shape), pooling.ave_pool_backward(dy.reshape(shape[:2] + out_hw), shape,
+                                                                           k, s, p), rtol=1e-5, atol=1e-6)
+
+
+def test_layer_splits_planes_over_threads(monkeypatch):
+    from caffe_unstable.ops import im2col
+    x = _kernel_input((3, 5, 16, 16), 7)
+    text = 'type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 }'
+    _, _, want = run(text, x, 2)
+    monkeypatch.setattr(im2col, "PARALLEL_MIN_FLOATS", 0)
+    monkeypatch.setattr(im2col, "THREADS", 3)
+    layer, bottom, top = run(text, x, 2)
+    assert np.array_equal(top[0].data, want[0].data, equal_nan=True)
+    np.testing.assert_array_equal(top[1].data, want[1].data)
+    top[0].diff[...] = 1
+    layer.backward(top, [True], bottom)
+    assert bottom[0].diff.sum() == np.count_nonzero(top[1].data >= 0)

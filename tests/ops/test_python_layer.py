@@ -159,7 +159,7 @@ def test_pylayer_defaults():
     layer.setup([], [])
     layer.reshape([], [])
     layer.backward([], [False], [])
-    with pytest.raises(NotImplementedError, match="PyLayer does not define forward"):
+    with pytest.raises(CaffeUnstableError, match="layer 'x': Python layer PyLayer does not define forward"):
         layer.forward([], [])
 
 

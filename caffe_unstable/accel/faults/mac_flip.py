@@ -1,0 +1,157 @@
+"""Soft errors: one-bit flips of MAC result registers, sampled per layer and image (faults.md §4).
+
+`MacFlip` draws F ~ Binomial(N, rate) per layer and image (stream 1), then F distinct MAC positions and F bits,
+and turns them into records (n, o, y, x, t, site, bit). `corrected_sums` is the exact fast path of §4.4: the
+clean int32 sum S of an output plus the two's-complement delta of each flip, each read from the register's
+current (faulty) value, wrapping modulo 2^32; saturation happens later, in the output conversion only.
+"""
+import numpy as np
+
+from ...errors import CaffeUnstableError
+from .indexing import decode_mac, decode_model_mac, model_mac_count, site_width
+from .plan import SITES, LayerPlan, mac_events
+from .registers import flip, flip_delta, wrap32
+from .rng import sample_distinct
+
+MAX_RATE = 0.01
+COUNTS = ("hardware", "model")
+
+
+class MacFlip:
+    """Transient flips of the `accumulator` (A_t, default) or `product` (m_t) register at a rate per MAC.
+
+    rate: probability per MAC in [0, 0.01]; count: "hardware" (N_MAC, padding included) or "model" (the Caffe
+    layer's MACs); flip_bits: (lo, hi), default the whole register [0, w−1].
+    """
+
+    name = "mac_flip"
+
+    def __init__(self, rate, site="accumulator", count="hardware", flip_bits=None):
+        if not 0.0 <= float(rate) <= MAX_RATE:
+            raise CaffeUnstableError("soft_errors.mac_flip_rate", f"must be in [0, {MAX_RATE}], got {rate}")
+        if site not in ("accumulator", "product"):
+            raise CaffeUnstableError("soft_errors.site", f"must be accumulator or product, got {site!r}")
+        if count not in COUNTS:
+            raise CaffeUnstableError("soft_errors.count", f"must be hardware or model, got {count!r}")
+        self.rate = float(rate)
+        self.site = site
+        self.count = count
+        self.flip_bits = tuple(flip_bits) if flip_bits is not None else None
+
+    def bit_range(self, geometry):
+        w = site_width(geometry, SITES[self.site])
+        lo, hi = self.flip_bits if self.flip_bits is not None else (0, w - 1)
+        if not 0 <= lo <= hi <= w - 1:
+            raise CaffeUnstableError("soft_errors.flip_bits", f"must satisfy 0 <= lo <= hi <= {w - 1} "
+                                                              f"(the {self.site} register width), got [{lo}, {hi}]")
+        return lo, hi
+
+    def n_chances(self, geometry):
+        return geometry["N_MAC"] if self.count == "hardware" else model_mac_count(geometry)
+
+    def plan(self, op, geometry, rng):
+        """LayerPlan with the MAC-flip records of every image of `op` (rng: a rng.PassKey)."""
+        lo, hi = self.bit_range(geometry)
+        N = self.n_chances(geometry)
+        cols, masked = [], 0
+        for n in range(op.batch):
+            k, bits = sample_flips(rng.generator("mac_flip", op.layer_index, n), N, self.rate, lo, hi)
+            rec, dropped = positions_to_records(k, bits, geometry, self.count)
+            masked += dropped
+            cols.append((np.full(len(rec[0]), n),) + rec)
+        n, o, y, x, t, bits = (np.concatenate(c) for c in zip(*cols))
+        ev = mac_events(n, o, y, x, t, np.full(len(n), SITES[self.site]), bits)
+        return LayerPlan(op.layer_index, op.layer_name, geometry, mac_events=ev, masked=masked)
+
+
+def sample_flips(rng, N, rate, lo, hi):
+    """The draws of stream 1 for one layer and image, in order: F, then F sorted distinct positions, then bits."""
+    F = int(rng.binomial(N, rate))
+    if not F:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    k = sample_distinct(rng, N, F)
+    return k, rng.integers(lo, hi + 1, size=F, dtype=np.int64)
+
+
+def positions_to_records(k, bits, geometry, count="hardware"):
+    """MAC indices -> ((o, y, x, t, bit), masked): positions on padded lanes are dropped and counted."""
+    if count == "hardware":
+        o, y, x, t, _, valid = decode_mac(k, geometry)
+    else:
+        o, y, x, t, _ = decode_model_mac(k, geometry)
+        valid = np.ones(len(o), bool)
+    return (o[valid], y[valid], x[valid], t[valid], np.asarray(bits)[valid]), int((~valid).sum())
+
+
+# -- the exact correction (faults.md §4.4) -----------------------------------------------------------------------
+def output_groups(events):
+    """Index of the first record of each faulted output (n, o, y, x) in sorted `events`, and each record's group."""
+    key = np.stack([events[f].astype(np.int64) for f in ("n", "o", "y", "x")])
+    new = np.ones(len(events), bool)
+    new[1:] = (key[:, 1:] != key[:, :-1]).any(axis=0)
+    return np.flatnonzero(new), np.cumsum(new) - 1
+
+
+def _ranks(group):
+    """Position of each element within its group, for `group` ids sorted or not (order within kept)."""
+    order = np.argsort(group, kind="stable")
+    g = group[order]
+    start = np.ones(len(g), bool)
+    start[1:] = g[1:] != g[:-1]
+    first = np.maximum.accumulate(np.where(start, np.arange(len(g)), 0))
+    rank = np.empty(len(g), np.int64)
+    rank[order] = np.arange(len(g)) - first
+    return rank
+
+
+def corrected_sums(events, cur_clean, S_clean, geometry):
+    """S of every faulted output with its MAC-flip records applied exactly (faults.md §4.4).
+
+    events:    MAC_EVENT_DTYPE records, sorted (one layer; any images).
+    cur_clean: int64 per record, the register's value without any of these records: for `accumulator` the clean
+               chain prefix A_t = Σ m_t' over t' ≡ t (mod PIPE_DEPTH), t' ≤ t; for `product` the step's dot
+               product m_t; ignored for `final`.
+    S_clean:   int64 per faulted output (in `output_groups` order), the clean int32 sum S.
+    Returns (first, S) with first = output_groups(events)[0] and S int64 holding int32 values.
+    "Clean" means after memory faults and multiplier stuck bits; outputs whose lane has carry-horizon timing or a
+    stuck product/accumulator bit need the §1.2 loop instead (those ops are not modular adds of the delta).
+    """
+    first, group = output_groups(events)
+    site = events["site"].astype(np.int64)
+    bit = events["bit"].astype(np.int64)
+    t = events["t"].astype(np.int64)
+    widths = np.array([site_width(geometry, s) for s in range(3)])
+    cur_clean = np.asarray(cur_clean, dtype=np.int64)
+    total = np.zeros(len(first), np.int64)
+
+    inner = np.flatnonzero(site != SITES["final"])
+    if len(inner):
+        chain = group[inner] * geometry["PIPE_DEPTH"] + t[inner] % geometry["PIPE_DEPTH"]
+        _, chain_id = np.unique(chain, return_inverse=True)
+        rank = _ranks(chain_id)
+        D = np.zeros(chain_id.max() + 1, np.int64)       # delta so far on the chain
+        Dm = np.zeros_like(D)                            # delta so far on the product register of step Dm_t
+        Dm_t = np.full_like(D, -1)
+        for j in range(rank.max() + 1):
+            sel = rank == j
+            idx, c = inner[sel], chain_id[sel]
+            same_step = Dm_t[c] == t[idx]
+            is_product = site[idx] == SITES["product"]
+            Dm[c] = np.where(same_step, Dm[c], 0)
+            Dm_t[c] = t[idx]
+            cur = wrap32(cur_clean[idx] + np.where(is_product, Dm[c], D[c]))
+            d = flip_delta(cur, bit[idx], widths[site[idx]])
+            D[c] += d
+            Dm[c] += np.where(is_product, d, 0)
+        chain_out = np.zeros_like(D)
+        chain_out[chain_id] = group[inner]
+        np.add.at(total, chain_out, D)
+
+    S = wrap32(np.asarray(S_clean, dtype=np.int64) + total)
+    fin = np.flatnonzero(site == SITES["final"])
+    if len(fin):
+        rank = _ranks(group[fin])
+        for j in range(rank.max() + 1):
+            idx = fin[rank == j]
+            S[group[idx]] = flip(S[group[idx]], bit[idx], widths[2])
+    return first, S

@@ -1,0 +1,130 @@
+"""The paper's seven-function accelerator interface (pipecnn.md §10.2) and the hardware build parameters (§10.1).
+
+Every backend (numba, later opencl) implements `Backend`; the float path implements none (plain Caffe). The
+functions see NumPy arrays and geometry objects only (`accel.geometry`), never a Blob, Layer or Net.
+
+    float_to_fixed(x, frac, bits=8)        float array -> int8 q = clamp(round_half_away(x 2^frac))  (§10.4)
+    fixed_to_float(q, frac)                int8 -> float32 q 2^-frac, exact
+    data_layout_reorder(q, kind, geom)     Caffe NCHW/OIHW int8 -> the backend's device layout (PipeCNN's, §4)
+    data_layout_recover(dev, kind, geom)   device layout -> NCHW int8 (the inverse; padding dropped)
+    data_to_fpga(slot, **buffers)          place device buffers (weights, bias, input) in the accelerator memory
+    launch_accelerator(launch)             configure + run one layer or a fused conv -> ReLU -> pool -> LRN group
+    data_from_fpga(slot)                   every stage output of the slot's last launch (the write-back path)
+"""
+import abc
+from dataclasses import dataclass, field, fields
+
+from ..errors import CaffeUnstableError
+
+LRN_OVERFLOW_MODES = ("clamp", "wrap")
+
+
+@dataclass(frozen=True)
+class HwConfig:
+    """PipeCNN build parameters; the defaults are the paper's KCU1500 build (pipecnn.md §10.1).
+
+    Clean outputs depend on none of them except `lrn_overflow`: VEC/LANE/PIPE_DEPTH and the register widths only
+    decide which register a fault hits (§2.8, §10.9).
+    """
+
+    vec_size: int = 4               # VEC_SIZE: input channels per MAC step (multiple of 4: 4-product DSP blocks)
+    lane_num: int = 16              # LANE_NUM: output channels computed in parallel
+    pipe_depth: int = 6             # PIPE_DEPTH: interleaved accumulators per lane
+    width_product: int = 32         # register widths of m_t, A_t, S (faults.md §1.1): fault bits only
+    width_accumulator: int = 32
+    width_final: int = 32
+    lrn_overflow: str = "clamp"     # UP-2018 Xilinx clamps LRN outputs above 127; "wrap" is UP Intel / PoCL
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "lrn_overflow":
+                if value not in LRN_OVERFLOW_MODES:
+                    raise CaffeUnstableError("lrn_overflow", f"must be one of {', '.join(LRN_OVERFLOW_MODES)}, "
+                                                             f"got {value!r}")
+            elif not isinstance(value, int) or isinstance(value, bool):
+                raise CaffeUnstableError(f.name, f"must be an integer, got {value!r}")
+        if self.vec_size < 4 or self.vec_size % 4:
+            raise CaffeUnstableError("vec_size", f"must be a multiple of 4 and >= 4 (4-product DSP blocks), "
+                                                 f"got {self.vec_size}")
+        if self.lane_num < 1:
+            raise CaffeUnstableError("lane_num", f"must be >= 1, got {self.lane_num}")
+        if self.pipe_depth < 1:
+            raise CaffeUnstableError("pipe_depth", f"must be >= 1, got {self.pipe_depth}")
+        lo = 16 + (self.vec_size - 1).bit_length()
+        if not lo <= self.width_product <= 32:
+            raise CaffeUnstableError("width_product", f"must be in [{lo}, 32] for vec_size {self.vec_size}, "
+                                                      f"got {self.width_product}")
+        for name in ("width_accumulator", "width_final"):
+            if not 1 <= getattr(self, name) <= 32:
+                raise CaffeUnstableError(name, f"must be in [1, 32], got {getattr(self, name)}")
+
+    @classmethod
+    def keys(cls):
+        return tuple(f.name for f in fields(cls))
+
+
+@dataclass
+class Launch:
+    """One accelerator launch: a conv (with fused ReLU) and/or a max pool and/or an LRN, in that order.
+
+    `slot` names the buffers (data_to_fpga / data_from_fpga). The first stage reads the slot's `input` buffer; each
+    later stage reads the previous stage's output. `events` are the MAC-register fault records of the conv stage
+    (`geometry.MacEvents`, faults.md §2.2; None = clean). `path`: "fast" (exact GEMM), "mac" (the register-level
+    MAC-order loop of faults.md §1.2) or "auto" (fast unless there are events).
+    """
+
+    slot: str
+    conv: object = None             # geometry.ConvStage
+    pool: object = None             # geometry.PoolStage
+    lrn: object = None              # geometry.LrnStage
+    events: object = None           # geometry.MAC_EVENT_DTYPE records or None
+    path: str = "auto"
+    sums_hook: object = None        # fast path only: hook(group j, n0, n1, S) may edit the clean int32 sums S
+                                    # (int64 array ((n1 - n0) Ho Wo, Og), rows = image-major output positions)
+                                    # before the output conversion (faults.md §4.4 corrections plug in here)
+    stats: dict = field(default_factory=dict)   # filled by the backend (e.g. {"path": "fast"})
+
+    def stages(self):
+        return [(name, s) for name, s in (("conv", self.conv), ("pool", self.pool), ("lrn", self.lrn)) if s]
+
+
+class Backend(abc.ABC):
+    """The seven functions of the paper's interface; one instance per accelerator (holds its device memory)."""
+
+    name = ""
+
+    def __init__(self, hw):
+        self.hw = hw
+
+    def supports(self, op):
+        """Whether this backend runs `op` ("conv", "pool", "lrn")."""
+        return op in ("conv", "pool", "lrn")
+
+    @abc.abstractmethod
+    def float_to_fixed(self, x, frac, bits=8):
+        raise NotImplementedError("need float_to_fixed")
+
+    @abc.abstractmethod
+    def fixed_to_float(self, q, frac, out=None):
+        raise NotImplementedError("need fixed_to_float")
+
+    @abc.abstractmethod
+    def data_layout_reorder(self, q, kind, geom):
+        raise NotImplementedError("need data_layout_reorder")
+
+    @abc.abstractmethod
+    def data_layout_recover(self, dev, kind, geom):
+        raise NotImplementedError("need data_layout_recover")
+
+    @abc.abstractmethod
+    def data_to_fpga(self, slot, **buffers):
+        raise NotImplementedError("need data_to_fpga")
+
+    @abc.abstractmethod
+    def launch_accelerator(self, launch):
+        raise NotImplementedError("need launch_accelerator")
+
+    @abc.abstractmethod
+    def data_from_fpga(self, slot):
+        raise NotImplementedError("need data_from_fpga")

@@ -1,0 +1,161 @@
+"""cu-train: Caffe's `caffe train` (tools/caffe.cpp:165-253) — the same log lines on stderr, the same snapshots.
+
+Signals as Caffe's SignalHandler (util/signal_handler.cpp): SIGINT stops (after the end-of-training snapshot),
+SIGHUP writes a snapshot and goes on; both are checked after every iteration and between test batches.
+A progress bar appears only when stderr is a terminal, so a redirected log stays pure glog lines.
+"""
+import contextlib
+import signal
+import sys
+
+import click
+
+from ..errors import CaffeUnstableError
+from . import accel_options, console_logger, open_accel, run
+
+EFFECTS = ("stop", "snapshot", "none")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("solver_file", metavar="SOLVER", required=False, type=click.Path(dir_okay=False))
+@click.option("--solver", "solver_option", type=click.Path(dir_okay=False),
+              help="The solver prototxt (the same as the SOLVER argument).")
+@click.option("--weights", default=None, help="Weights to start from (fine-tuning), separated by ','; loaded in "
+                                              "order into the train and test nets. Not with --snapshot.")
+@click.option("--snapshot", default=None, type=click.Path(dir_okay=False),
+              help="A .solverstate or .solverstate.h5 to resume from. Not with --weights.")
+@click.option("--level", type=int, default=0, show_default=True, help="The train net state's level.")
+@click.option("--stage", default="", help="The train net state's stages, separated by ','.")
+@click.option("--sigint_effect", "--sigint-effect", type=click.Choice(EFFECTS), default="stop", show_default=True,
+              help="What SIGINT (Ctrl-C) does: stop, snapshot or none.")
+@click.option("--sighup_effect", "--sighup-effect", type=click.Choice(EFFECTS), default="snapshot",
+              show_default=True, help="What SIGHUP does: snapshot, stop or none.")
+@accel_options
+def main(solver_file, solver_option, weights, snapshot, level, stage, sigint_effect, sighup_effect,
+         accel, quant, freq, ser, profile, seed):
+    """Train with the solver SOLVER, as `caffe train --solver=SOLVER` does (--seed overrides random_seed)."""
+    if solver_file and solver_option and solver_file != solver_option:
+        raise click.UsageError(f"two solvers given: {solver_file} and --solver={solver_option}")
+    path = solver_file or solver_option
+    if not path:
+        raise click.UsageError("Need a solver definition to train: cu-train SOLVER (or --solver=SOLVER).")
+    run(train, path, weights=weights, snapshot=snapshot, level=level, stages=stage.split(","),
+        sigint_effect=sigint_effect, sighup_effect=sighup_effect,
+        accel=accel, quant=quant, freq=freq, ser=ser, profile=profile, seed=seed)
+
+
+def train(path, weights=None, snapshot=None, level=0, stages=("",), sigint_effect="stop",
+          sighup_effect="snapshot", accel="float", quant=None, freq=None, ser=None, profile=None, seed=None,
+          log=None):
+    """Run `caffe train`; returns the solver after Solve."""
+    from ..io import prototxt as pt
+    from ..solvers import create_solver
+
+    if weights and snapshot:
+        raise CaffeUnstableError("--weights/--snapshot", "Give a snapshot to resume training or weights to "
+                                                         "finetune but not both.")
+    for option, value in (("--freq", freq), ("--ser", ser)):
+        if value is not None and ":" in value:
+            raise CaffeUnstableError(option, f"a sweep ({value}) is for cu-test; training runs at one operating "
+                                             "point: give a single value")
+    with _progress() as progress:
+        log = log or progress.logger()
+        param = pt.read_solver_text(path, log)
+        param.train_state.level = level
+        param.train_state.stage.extend(stages)
+        log.info("Use CPU.", "caffe.cpp:197")
+        if snapshot:
+            param.ClearField("weights")
+        elif weights:
+            param.ClearField("weights")
+            param.weights.append(weights)
+        if seed is not None:
+            param.random_seed = seed
+        acc = open_accel(accel, quant=quant, freq=freq, ser=ser, profile=profile, seed=seed)
+        # hooked up before the solver is built, as caffe.cpp does: a Ctrl-C during set-up stops after iteration 0
+        with _signals(sigint_effect, sighup_effect) as action:
+            solver = create_solver(param, path, accel=acc, log=log)
+            solver.set_action_function(action)
+            if snapshot:
+                log.info(f"Resuming from {snapshot}", "caffe.cpp:235")
+                solver.restore(snapshot)
+            log.info("Starting Optimization", "caffe.cpp:239")
+            progress.follow(solver)
+            solver.solve()
+        log.info("Optimization Done.", "caffe.cpp:250")
+    return solver
+
+
+@contextlib.contextmanager
+def _signals(sigint_effect, sighup_effect):
+    """Caffe's SignalHandler: remember SIGINT/SIGHUP; yield a function that reports (and forgets) them."""
+    got = {signal.SIGINT: False}
+    if hasattr(signal, "SIGHUP"):
+        got[signal.SIGHUP] = False
+
+    def handle(signum, frame):
+        got[signum] = True
+
+    def action():
+        # SIGHUP first, as SignalHandler::CheckForSignals
+        for signum, effect in ((getattr(signal, "SIGHUP", None), sighup_effect), (signal.SIGINT, sigint_effect)):
+            if signum is not None and got.get(signum):
+                got[signum] = False
+                return effect
+        return "none"
+
+    previous = {}
+    try:
+        for signum in got:
+            previous[signum] = signal.signal(signum, handle)
+    except ValueError:                 # not the main thread: no signals, as in pycaffe
+        previous = {}
+    try:
+        yield action
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class _progress(contextlib.AbstractContextManager):
+    """A tqdm bar on stderr when stderr is a terminal; log lines are then printed above it."""
+
+    def __init__(self):
+        self.bar = None
+        self.tty = sys.stderr.isatty()
+
+    def logger(self):
+        log = console_logger()
+        if self.tty:
+            log.stream = _BarSafeStream()
+        return log
+
+    def follow(self, solver):
+        if not self.tty:
+            return
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=solver.param.max_iter, initial=solver.iter, file=sys.stderr, unit="iter",
+                        dynamic_ncols=True, leave=False)
+
+        def on_start():
+            self.bar.update(solver.iter - self.bar.n)
+
+        solver.add_callback(on_start, lambda: None)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False
+
+
+class _BarSafeStream:
+    """A stream for the logger that writes through tqdm.write, so the bar is redrawn below each line."""
+
+    def write(self, text):
+        from tqdm import tqdm
+
+        tqdm.write(text.rstrip("\n"), file=sys.stderr)
+
+    def flush(self):
+        sys.stderr.flush()

@@ -1,0 +1,1 @@
+"""Conversions between model formats and fixed-point tables (cu-convert, cu-quantize)."""

@@ -1,0 +1,102 @@
+"""cu-quantize: a table chosen on real MNIST calibration images read through the TEST data layer (an LMDB), then
+used by cu-test --accel numba; PipeCNN's published tables; one-line errors."""
+import lmdb
+import pytest
+from click.testing import CliRunner
+
+from caffe_unstable.accel.quant_table import QuantTable
+from caffe_unstable.cli.quantize import main
+from caffe_unstable.data.datasets import read_idx
+from caffe_unstable.io.prototxt import read_net_text, write_text
+from caffe_unstable.proto import caffe_pb2
+
+
+@pytest.fixture(scope="module")
+def lenet_with_lmdb(shared, tmp_path_factory):
+    """lenet_train_test.prototxt reading the first 300 MNIST test images from an LMDB."""
+    folder = tmp_path_factory.mktemp("lenet")
+    images = read_idx(shared / "data/mnist/t10k-images-idx3-ubyte.gz")[:300]
+    labels = read_idx(shared / "data/mnist/t10k-labels-idx1-ubyte.gz")[:300]
+    env = lmdb.open(str(folder / "mnist_test_lmdb"), map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        for i, (img, label) in enumerate(zip(images, labels)):
+            d = caffe_pb2.Datum(channels=1, height=28, width=28, data=img.tobytes(), label=int(label))
+            txn.put(b"%08d" % i, d.SerializeToString())
+    env.close()
+    param = read_net_text(shared / "models/lenet_mnist/lenet_train_test.prototxt")
+    for layer in param.layer:
+        if layer.type == "Data":
+            layer.data_param.source = str(folder / "mnist_test_lmdb")
+    model = folder / "lenet_train_test.prototxt"
+    model.write_text(write_text(param))
+    return model, shared / "models/lenet_mnist/lenet_iter_10000.caffemodel", folder
+
+
+def test_quantize_then_test_on_the_accelerator(lenet_with_lmdb):
+    model, weights, folder = lenet_with_lmdb
+    out = folder / "lenet.quant.yaml"
+    result = CliRunner().invoke(main, [f"--model={model}", "--weights", str(weights), "--calib", "200", str(out)])
+    assert result.exit_code == 0, result.output
+    table = QuantTable.load(out)
+    assert list(table.layers) == ["conv1", "conv2", "ip1", "ip2"]
+    assert table["conv1"].frac_din == 6                       # MNIST pixels in [0, 1) (scale 1/256)
+    for a, b in (("conv1", "conv2"), ("conv2", "ip1"), ("ip1", "ip2")):
+        assert table[b].frac_din == table[a].frac_dout          # the chain through pooling and ReLU
+    text = out.read_text()
+    assert "# calibration: {images: 200, source: the TEST data source, float: {top1: " in text
+    assert "Wrote 4 layer formats to" in result.output
+
+    from caffe_unstable.cli.test import main as cu_test
+
+    res = CliRunner().invoke(cu_test, ["--model", str(model), "--weights", str(weights), "--iterations", "3",
+                                       "--accel", "numba", "--quant", str(out), "--json", str(folder / "t.json")])
+    assert res.exit_code == 0, res.output
+    import json
+
+    got = json.loads((folder / "t.json").read_text())
+    assert got["accel"] == "numba" and got["outputs"]["accuracy"] >= 0.98
+
+
+def test_published_tables(shared, tmp_path):
+    from caffe_unstable import accel
+    import caffe_unstable as caffe
+    from caffe_unstable.net import accel_bridge
+
+    out = tmp_path / "alexnet.quant.yaml"
+    model = shared / "models/bvlc_reference_caffenet/deploy.prototxt"
+    result = CliRunner().invoke(main, ["--model", str(model), "--published", "alexnet", str(out)])
+    assert result.exit_code == 0, result.output
+    table = QuantTable.load(out)
+    assert table["conv1"] == accel.LayerFormat(8, 0, -4) and table["fc6"] == accel.LayerFormat(11, -1, 0)
+    net = caffe.Net(str(model), caffe.TEST, accel=accel.open("numba", quant=str(out)))
+    where = accel_bridge.where_layers_run(net)          # the table passes every check against the net
+    assert all(where[n] == "accelerator" for n in ("conv1", "pool1", "norm1", "conv5", "pool5", "fc8"))
+    assert accel_bridge.blob_fracs(net)["norm1"] == 0 and accel_bridge.blob_fracs(net)["pool5"] == -1
+
+    out = tmp_path / "vgg16.quant.yaml"
+    model = shared / "models/vgg16/VGG_ILSVRC_16_layers_deploy.prototxt"      # stops at pool5: no fc6-fc8
+    assert CliRunner().invoke(main, ["--model", str(model), "--published", "vgg16", str(out)]).exit_code == 0
+    table = QuantTable.load(out)
+    assert len(table.layers) == 13 and table["conv5_3"] == accel.LayerFormat(8, -3, -2)
+    assert accel.load_quant("pipecnn:vgg16")["fc8"].w_bits == 4
+
+
+def test_errors_are_one_line(shared, tmp_path):
+    runner = CliRunner()
+    model = shared / "models/lenet_mnist/lenet.prototxt"
+    res = runner.invoke(main, ["--model", str(model), "--published", "alexnet", str(tmp_path / "x.yaml")])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1] == (
+        f"error: {model}: PipeCNN's alexnet table has no entry for layer 'ip1' (it covers conv1, conv2, conv3, "
+        "conv4, conv5, fc6, fc7, fc8)")
+    res = runner.invoke(main, ["--model", str(model), str(tmp_path / "x.yaml")])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1] == \
+        "error: --weights: give the trained weights to calibrate on (or --published)"
+    res = runner.invoke(main, ["--model", str(model), "--weights",
+                               str(shared / "models/lenet_mnist/lenet_iter_10000.caffemodel"), str(tmp_path / "x")])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1] == (
+        f"error: {model}: calibration needs a net with a data layer and labels (an Accuracy or loss layer naming "
+        "them); pass a train_test prototxt")
+    assert not (tmp_path / "x.yaml").exists() and not (tmp_path / "x").exists()
