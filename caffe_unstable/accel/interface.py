@@ -103,28 +103,28 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def float_to_fixed(self, x, frac, bits=8):
-        raise NotImplementedError("need float_to_fixed")
+        """Every backend implements float_to_fixed (pipecnn.md §10.2)."""
 
     @abc.abstractmethod
     def fixed_to_float(self, q, frac, out=None):
-        raise NotImplementedError("need fixed_to_float")
+        """Every backend implements fixed_to_float (pipecnn.md §10.2)."""
 
     @abc.abstractmethod
     def data_layout_reorder(self, q, kind, geom):
-        raise NotImplementedError("need data_layout_reorder")
+        """Every backend implements data_layout_reorder (pipecnn.md §10.2)."""
 
     @abc.abstractmethod
     def data_layout_recover(self, dev, kind, geom):
-        raise NotImplementedError("need data_layout_recover")
+        """Every backend implements data_layout_recover (pipecnn.md §10.2)."""
 
     @abc.abstractmethod
     def data_to_fpga(self, slot, **buffers):
-        raise NotImplementedError("need data_to_fpga")
+        """Every backend implements data_to_fpga (pipecnn.md §10.2)."""
 
     @abc.abstractmethod
     def launch_accelerator(self, launch):
-        raise NotImplementedError("need launch_accelerator")
+        """Every backend implements launch_accelerator (pipecnn.md §10.2)."""
 
     @abc.abstractmethod
     def data_from_fpga(self, slot):
-        raise NotImplementedError("need data_from_fpga")
+        """Every backend implements data_from_fpga (pipecnn.md §10.2)."""

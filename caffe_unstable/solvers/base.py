@@ -3,6 +3,7 @@
 The update itself (learning rate, clipping, regularization, the rule) is SGDSolver's, in sgd.py; the solver
 history lives here because snapshot and restore write and read it (caffe.md §4, §1.7-1.8).
 """
+import abc
 import os
 import re
 import tempfile
@@ -24,7 +25,7 @@ f32 = np.float32
 NONE, STOP, SNAPSHOT = "none", "stop", "snapshot"
 
 
-class Solver:
+class Solver(abc.ABC):
     """pycaffe's Solver: `net`, `test_nets`, `iter`, `step(n)`, `solve()`, `restore(state)`, `snapshot()`.
 
     `solver_file` is a solver prototxt path or a caffe_pb2.SolverParameter (then `source` names it in errors).
@@ -293,11 +294,13 @@ class Solver:
         return self._action_function() if self._action_function is not None else NONE
 
     # --------------------------------------------------------------------- what subclasses define
+    @abc.abstractmethod
     def pre_solve(self):
-        raise NotImplementedError
+        """Create the history blobs (SGDSolver::PreSolve)."""
 
+    @abc.abstractmethod
     def apply_update(self):
-        raise NotImplementedError
+        """Turn the accumulated diffs into updates (SGDSolver::ApplyUpdate)."""
 
 
 def _output_table(net):

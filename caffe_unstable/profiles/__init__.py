@@ -1,0 +1,1 @@
+"""Shipped device error profiles (*.devprofile.yaml, faults.md §7)."""
