@@ -11,7 +11,7 @@ class Blob:
     `share_diff` make this blob's arrays views of another's, as Caffe's ShareData/ShareDiff do.
     """
 
-    __slots__ = ("_data", "_diff", "_shared_data", "_shared_diff", "__weakref__")
+    __slots__ = ("_data", "_diff", "_shared_data", "_shared_diff", "_diff_zero", "_diff_viewed", "__weakref__")
 
     def __init__(self, shape=()):
         shape = tuple(int(d) for d in shape)
@@ -19,6 +19,8 @@ class Blob:
         self._diff = np.zeros(shape, np.float32)
         self._shared_data = None  # Blob whose data this one views
         self._shared_diff = None
+        self._diff_zero = False   # clear_diff was called and the zeros are not written yet
+        self._diff_viewed = False  # another Blob's diff is a view of this one's (clear_diff then writes at once)
 
     # -- shape -------------------------------------------------------------------------------------
     @property
@@ -64,6 +66,7 @@ class Blob:
         else:
             self._data = np.zeros(shape, np.float32)
             self._diff = np.zeros(shape, np.float32)
+            self._diff_zero = False
 
     def reshape_like(self, other):
         self.reshape(other.shape)
@@ -93,27 +96,51 @@ class Blob:
 
     @property
     def diff(self):
+        if self._diff_zero:
+            self._diff_zero = False
+            self._diff.fill(0)
         return self._diff
 
     @diff.setter
     def diff(self, value):
+        self._diff_zero = False
         self._diff[...] = value
+
+    def clear_diff(self):
+        """diff = 0 (Caffe's ClearParamDiffs). Where no other Blob views this diff, the zeros are written only
+        when the diff is next read, and a layer that takes it through `diff_to_accumulate` writes its gradient
+        instead of adding it to zeros: a large weight's diff then costs one pass per iteration, not three."""
+        if self._diff_viewed or self._shared_diff is not None:
+            self._diff.fill(0)
+        else:
+            self._diff_zero = True
+
+    def diff_to_accumulate(self):
+        """(diff, zero): the diff array a gradient is added into, and True when it is all zeros (the caller may
+        then overwrite it, since 0 + g == g)."""
+        zero = self._diff_zero
+        self._diff_zero = False
+        return self._diff, zero
 
     def set_data(self, array):
         """Replace the data buffer (same shape not required); used by layers that produce new arrays."""
         self._data = np.ascontiguousarray(array, np.float32)
         if self._diff.shape != self._data.shape:
             self._diff = np.zeros(self._data.shape, np.float32)
+            self._diff_zero = False
 
     def share_data(self, other, shape=None):
         """Make `data` a view of `other.data` (optionally reshaped), as Caffe's Blob::ShareData."""
         self._data = other._data.reshape(self._data.shape if shape is None else shape)
         if self._diff.shape != self._data.shape:
             self._diff = np.zeros(self._data.shape, np.float32)
+            self._diff_zero = False
         self._shared_data = other
 
     def share_diff(self, other, shape=None):
-        self._diff = other._diff.reshape(self._data.shape if shape is None else shape)
+        other._diff_viewed = True
+        self._diff = other.diff.reshape(self._data.shape if shape is None else shape)
+        self._diff_zero = False
         self._shared_diff = other
 
     def __repr__(self):

@@ -16,10 +16,12 @@ import numpy as np
 
 from .base import Layer, register
 from .im2col import SCRATCH, col2im, im2col, image_to_rows, rows_to_image
+from .parallel import for_each
 
 # The batch is split into chunks whose columns hold about this many floats: small enough that im2col's output is
 # still in cache when the GEMM reads it, large enough for a GEMM near peak.
 COL_CHUNK_FLOATS = 1 << 20
+WEIGHT_SLOTS = 4    # the weight gradient's partial sums (see weight_gemm)
 TRANSPOSED_RATIO = 2  # use it when the im2col of dout copies at most twice what col2im would add (a copy costs
 # a third of col2im's scattered add)
 
@@ -169,33 +171,50 @@ class BaseConvolution(Layer):
 
     def forward_gemm(self, inp, cols_sp, out, bias=None):
         """out (n, Cout, P) = W * im2col(inp) (+ bias) (forward_cpu_gemm, forward_cpu_bias), chunk by chunk: the
-        GEMM writes position-major rows, col^T W^T, which are then transposed into out."""
+        GEMM writes position-major rows, col^T W^T, which are then transposed into out. Chunks are independent
+        and run on the ops' threads."""
         g, n = self.geo.group, inp.shape[0]
         w3 = self._weights3()
         if self.geo.is_1x1:
-            np.matmul(w3, inp.reshape(n, g, w3.shape[2], -1), out=out.reshape(n, g, w3.shape[1], -1))
-            if bias is not None:
-                out += bias[:, None]
+            ch = chunks(n, inp[0].size + out[0].size)
+
+            def chunk_1x1(i):
+                a, b = ch[i]
+                o = out[a:b].reshape(b - a, g, w3.shape[1], -1)
+                np.matmul(w3, inp[a:b].reshape(b - a, g, w3.shape[2], -1), out=o)
+                if bias is not None:
+                    o += bias.reshape(g, -1, 1)
+            for_each(chunk_1x1, len(ch), out.size)
             return
         wt = SCRATCH.get("w_t", (g, w3.shape[2], w3.shape[1]))
         wt[...] = w3.transpose(0, 2, 1)
         k, p = w3.shape[2] * g, math.prod(cols_sp)
-        for a, b in chunks(n, k * p):
+        ch = chunks(n, k * p)
+
+        def chunk(i):
+            a, b = ch[i]
             col = im2col(inp[a:b], self.geo, cols_sp, SCRATCH.get("cols", (k, (b - a) * p)))
             rows = np.matmul(col.transpose(0, 2, 1), wt, out=SCRATCH.get("rows_out", (g, col.shape[2], wt.shape[2])))
             rows_to_image(rows, out[a:b], bias)
+        for_each(chunk, len(ch), n * k * p)
 
     def backward_gemm(self, dout, sp, cols_sp, dinp, bias=None):
-        """dinp (n, Cin, *sp) = col2im(W^T * dout) (+ bias) (backward_cpu_gemm), overwritten; dout (n, Cout, P)."""
+        """dinp (n, Cin, *sp) = col2im(W^T * dout) (+ bias) (backward_cpu_gemm), overwritten; dout (n, Cout, P).
+        Chunks are independent and run on the ops' threads."""
         g, n, geo = self.geo.group, dout.shape[0], self.geo
         w3 = self._weights3()
         cin, cout = dinp.shape[1], dout.shape[1]
         bias_shape = (cin,) + (1,) * len(sp)
         if geo.is_1x1:
-            np.matmul(w3.transpose(0, 2, 1), dout.reshape(n, g, w3.shape[1], -1),
-                      out=dinp.reshape(n, g, w3.shape[2], -1))
-            if bias is not None:
-                dinp += bias.reshape(bias_shape)
+            ch = chunks(n, dout[0].size + dinp[0].size)
+
+            def chunk_1x1(i):
+                a, b = ch[i]
+                d = dinp[a:b].reshape(b - a, g, w3.shape[2], -1)
+                np.matmul(w3.transpose(0, 2, 1), dout[a:b].reshape(b - a, g, w3.shape[1], -1), out=d)
+                if bias is not None:
+                    d += bias.reshape(g, -1, 1)
+            for_each(chunk_1x1, len(ch), dinp.size)
             return
         t_pad = [d * (k - 1) - p for k, p, d in zip(geo.kernel, geo.pad, geo.dilation)]
         n_sp, n_cols = math.prod(sp), math.prod(cols_sp)
@@ -208,38 +227,80 @@ class BaseConvolution(Layer):
             tgeo = ConvGeometry(geo.kernel, geo.stride, t_pad, geo.dilation, g)
             wft = flipped_transposed(self.blobs[0].data, g)
             dimg = dout.reshape((n, cout) + tuple(cols_sp))
-            for a, b in chunks(n, wft.shape[1] * g * n_sp):
-                col = im2col(dimg[a:b], tgeo, sp, SCRATCH.get("cols", (wft.shape[1] * g, (b - a) * n_sp)))
+            kt = wft.shape[1] * g
+            ch = chunks(n, kt * n_sp)
+
+            def chunk_transposed(i):
+                a, b = ch[i]
+                col = im2col(dimg[a:b], tgeo, sp, SCRATCH.get("cols", (kt, (b - a) * n_sp)))
                 rows = np.matmul(col.transpose(0, 2, 1), wft, out=SCRATCH.get("rows_out", (g, col.shape[2], cin // g)))
                 rows_to_image(rows, dinp[a:b].reshape(b - a, cin, n_sp), bias)
+            for_each(chunk_transposed, len(ch), n * kt * n_sp)
             return
-        for a, b in chunks(n, w3.shape[2] * g * n_cols):
+        kc = w3.shape[2] * g
+        ch = chunks(n, kc * n_cols)
+
+        def chunk(i):
+            a, b = ch[i]
             dy_rows = image_to_rows(dout[a:b], g)
-            dcol = SCRATCH.get("dcol", (w3.shape[2] * g, dy_rows.shape[1]))
+            dcol = SCRATCH.get("dcol", (kc, dy_rows.shape[1]))
             np.matmul(w3.transpose(0, 2, 1), dy_rows.transpose(0, 2, 1), out=dcol.reshape(g, w3.shape[2], -1))
             col2im(dcol, geo, cols_sp, dinp[a:b])
             if bias is not None:
                 dinp[a:b] += bias.reshape(bias_shape)
+        for_each(chunk, len(ch), n * kc * n_cols)
 
-    def weight_gemm(self, inp, cols_sp, dout, dw=None, db=None):
+    def weight_gemm(self, inp, cols_sp, dout, dw=None, db=None, dw_zero=False, db_zero=False):
         """dw += dout * im2col(inp)^T (weight_cpu_gemm) and db += dout summed over items and positions
-        (backward_cpu_bias), chunk by chunk, as col (dout rows) = dW^T."""
+        (backward_cpu_bias), chunk by chunk, as col (dout rows) = dW^T. The chunks are cut into at most
+        WEIGHT_SLOTS consecutive runs, each summed in order into its own accumulator by one thread; the runs'
+        sums are then added in order, so the result does not depend on the thread count. dw_zero / db_zero: the
+        diff is all zeros (Blob.diff_to_accumulate), so it is written rather than added to."""
         g, n = self.geo.group, dout.shape[0]
         og, kg = dout.shape[1] // g, inp.shape[1] // g * math.prod(self.geo.kernel)
         p = math.prod(cols_sp)
-        acc = SCRATCH.get("dw_t", (g, kg, og)) if dw is not None else None
-        for i, (a, b) in enumerate(chunks(n, kg * g * p)):
-            dy_rows = image_to_rows(dout[a:b], g)
-            if db is not None:
-                db.reshape(g, og)[...] += np.matmul(np.ones(dy_rows.shape[1], np.float32), dy_rows)
-            if dw is not None:
-                col = im2col(inp[a:b], self.geo, cols_sp, SCRATCH.get("cols", (kg * g, (b - a) * p)))
-                if i == 0:
-                    np.matmul(col, dy_rows, out=acc)
-                else:
-                    acc += np.matmul(col, dy_rows, out=SCRATCH.get("dw_t_part", acc.shape))
+        ch = chunks(n, kg * g * p)
+        if not ch:   # an empty batch adds nothing
+            for diff, zero in ((dw, dw_zero), (db, db_zero)):
+                if diff is not None and zero:
+                    diff[...] = 0
+            return
+        slots = min(len(ch), WEIGHT_SLOTS)
+        runs = [len(ch) * s // slots for s in range(slots + 1)]
+        acc = SCRATCH.get("dw_slots", (slots, g, kg, og)) if dw is not None else None
+        bacc = SCRATCH.get("db_slots", (slots, g, og)) if db is not None else None
+
+        def run(s):
+            for i in range(runs[s], runs[s + 1]):
+                a, b = ch[i]
+                dy_rows = image_to_rows(dout[a:b], g)
+                if db is not None:
+                    part = np.matmul(np.ones(dy_rows.shape[1], np.float32), dy_rows)
+                    if i == runs[s]:
+                        bacc[s] = part
+                    else:
+                        bacc[s] += part
+                if dw is not None:
+                    col = im2col(inp[a:b], self.geo, cols_sp, SCRATCH.get("cols", (kg * g, (b - a) * p)))
+                    if i == runs[s]:
+                        np.matmul(col, dy_rows, out=acc[s])
+                    else:
+                        acc[s] += np.matmul(col, dy_rows, out=SCRATCH.get("dw_t_part", acc.shape[1:]))
+        for_each(run, slots, n * kg * g * p)
+        if db is not None:
+            for s in range(1, slots):
+                bacc[0] += bacc[s]
+            if db_zero:
+                db.reshape(g, og)[...] = bacc[0]
+            else:
+                db.reshape(g, og)[...] += bacc[0]
         if dw is not None:
-            dw.reshape(g, og, kg)[...] += acc.transpose(0, 2, 1)
+            for s in range(1, slots):
+                acc[0] += acc[s]
+            if dw_zero:
+                dw.reshape(g, og, kg)[...] = acc[0].transpose(0, 2, 1)
+            else:
+                dw.reshape(g, og, kg)[...] += acc[0].transpose(0, 2, 1)
 
     def _image(self, arr, channels, sp):
         return arr.reshape((self.num, channels) + tuple(sp))
@@ -268,13 +329,15 @@ class Convolution(BaseConvolution):
 
     def backward(self, top, propagate_down, bottom):
         o = self.num_output
-        dw = self.blobs[0].diff if self._param_down(0) else None
-        db = self.blobs[1].diff if self.bias_term and self._param_down(1) else None
+        dw, dw_zero = self.blobs[0].diff_to_accumulate() if self._param_down(0) else (None, False)
+        db, db_zero = (self.blobs[1].diff_to_accumulate() if self.bias_term and self._param_down(1)
+                       else (None, False))
         for i, (t, b) in enumerate(zip(top, bottom)):
             dy = t.diff.reshape(self.num, o, -1)
             if dw is not None or db is not None:
                 # Caffe re-reads the bottom here: the columns are rebuilt from it, never kept from forward
-                self.weight_gemm(self._image(b.data, self.channels, self.in_sp), self.out_sp, dy, dw, db)
+                self.weight_gemm(self._image(b.data, self.channels, self.in_sp), self.out_sp, dy, dw, db,
+                                 dw_zero and i == 0, db_zero and i == 0)
             if propagate_down[i]:
                 self.backward_gemm(dy, self.in_sp, self.out_sp, self._image(b.diff, self.channels, self.in_sp))
 

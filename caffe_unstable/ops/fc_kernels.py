@@ -2,7 +2,8 @@
 
 OpenBLAS runs these skinny GEMMs (M <= 16 against a weight of millions of floats) at a fraction of its peak, and
 worse on two threads; here each weight row is streamed once, with four bottom rows per pass (four independent
-accumulator chains), over a range [n0, n1) of weight rows that ops/inner_product.py splits over threads.
+accumulator chains), over a range [n0, n1) of weight rows that ops/inner_product.py splits over threads. The
+backward computes both gradients over the same rows, so the weights are read once and their diff written once.
 fastmath lets LLVM vectorize the dot products (the summation order differs from BLAS's: float rounding only).
 """
 import numpy as np
@@ -43,20 +44,53 @@ def forward(x, w, y, n0, n1):
 
 
 @njit(cache=True, nogil=True, fastmath={'reassoc', 'contract'}, error_model="numpy")
-def weight_grad(dy, x, dw, n0, n1):
-    """dw (N, K)[n] += sum_r dy (M, N)[r, n] x (M, K)[r] for n in [n0, n1)."""
+def backward(dy, x, w, dw, dx, n0, n1, want_dw, overwrite, want_dx):
+    """Both gradients of y = x W^T over the weight rows n in [n0, n1):
+    dw (N, K)[n] (+)= sum_r dy (M, N)[r, n] x (M, K)[r] (written when `overwrite`: the diff was all zeros), and
+    dx (M, K) = sum_n dy[r, n] w (N, K)[n], overwritten (the caller sums the parts of several row ranges).
+    Each weight row is read once and each diff row written once (the weights and their diff dwarf the rest;
+    cutting the rows into column blocks to keep x and dx in L1 measured far slower: strided weight reads)."""
     m, k = x.shape
-    for n in range(n0, n1):
-        dr = dw[n]
-        r = 0
-        while r + 4 <= m:
-            c0, c1, c2, c3 = dy[r, n], dy[r + 1, n], dy[r + 2, n], dy[r + 3, n]
-            x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
+    if want_dw:
+        for n in range(n0, n1):
+            dr = dw[n]
+            r = 0
+            if overwrite and m >= 4:   # the first four rows' terms are written, not added to zeros
+                c0, c1, c2, c3 = dy[0, n], dy[1, n], dy[2, n], dy[3, n]
+                x0, x1, x2, x3 = x[0], x[1], x[2], x[3]
+                for j in range(k):
+                    dr[j] = c0 * x0[j] + c1 * x1[j] + c2 * x2[j] + c3 * x3[j]
+                r = 4
+            elif overwrite:
+                for j in range(k):
+                    dr[j] = 0.0
+            while r + 4 <= m:
+                c0, c1, c2, c3 = dy[r, n], dy[r + 1, n], dy[r + 2, n], dy[r + 3, n]
+                x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
+                for j in range(k):
+                    dr[j] += c0 * x0[j] + c1 * x1[j] + c2 * x2[j] + c3 * x3[j]
+                r += 4
+            while r < m:
+                c, xr = dy[r, n], x[r]
+                for j in range(k):
+                    dr[j] += c * xr[j]
+                r += 1
+    if want_dx:
+        for r in range(m):
             for j in range(k):
-                dr[j] += c0 * x0[j] + c1 * x1[j] + c2 * x2[j] + c3 * x3[j]
-            r += 4
-        while r < m:
-            c, xr = dy[r, n], x[r]
-            for j in range(k):
-                dr[j] += c * xr[j]
-            r += 1
+                dx[r, j] = 0.0
+        # four weight rows per pass over dx: a quarter of the dx traffic (dx stays in L2, the weights stream)
+        n = n0
+        while n < n1:
+            g = min(4, n1 - n)
+            w0, w1 = w[n], w[n + 1 if g > 1 else n]
+            w2, w3 = w[n + 2 if g > 2 else n], w[n + 3 if g > 3 else n]
+            for r in range(m):
+                c0 = dy[r, n]
+                c1 = dy[r, n + 1] if g > 1 else np.float32(0.0)
+                c2 = dy[r, n + 2] if g > 2 else np.float32(0.0)
+                c3 = dy[r, n + 3] if g > 3 else np.float32(0.0)
+                xr = dx[r]
+                for j in range(k):
+                    xr[j] += c0 * w0[j] + c1 * w1[j] + c2 * w2[j] + c3 * w3[j]
+            n += 4

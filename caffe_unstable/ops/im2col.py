@@ -4,17 +4,16 @@ Layouts: an image chunk x (n, C, *S); its columns (C * prod(k), n * P), one row 
 Caffe's (c, *k) order and one column per (image, output position); "rows" (G, n * P, O/G), the position-major
 layout the GEMMs write (OpenBLAS runs the few-output-channel conv GEMMs fastest that way round).
 2-D (and 1-D) geometries run numba kernels, serial over a [start, stop) range of independent units and split over
-a few Python threads here: numba's own parallel=True threads would fight OpenBLAS's spinning threads between
-GEMM calls. Other dimensionalities use the numpy versions (`im2col_nd`, `col2im_nd`), also the tests' reference.
+the ops' thread pool (parallel.py) when called outside a pool piece. Other dimensionalities use the numpy
+versions (`im2col_nd`, `col2im_nd`), also the tests' reference.
 """
-import itertools
 import math
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numba import njit, uint64
+
+from .parallel import in_parallel
 
 
 class Scratch:
@@ -42,50 +41,6 @@ class _ThreadScratch(threading.local):
 
 
 SCRATCH = _ThreadScratch()
-
-# Kernels over at least this many floats are split over THREADS threads; None: as many as BLAS gets,
-# OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, else the usable CPUs (at most 8), read once.
-PARALLEL_MIN_FLOATS = 1 << 16
-PIECES_PER_THREAD = 4
-THREADS = None
-_POOL = []
-
-
-def copy_threads():
-    global THREADS
-    if THREADS is None:
-        env = [os.environ.get(v, "") for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")]
-        given = [int(v) for v in env if v.isdigit() and int(v) > 0]
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        THREADS = min(given[0] if given else cpus, 8)
-    return THREADS
-
-
-def in_parallel(fn, count, work):
-    """fn(a, b) over [0, count) cut into contiguous pieces, run by the calling thread and the pool's threads when
-    `work` floats merit it (fn must release the GIL: a nogil numba kernel). Threads take pieces as they come,
-    so a thread that gets its core late (a busy shared machine) just does fewer of them."""
-    t = min(copy_threads() if work >= PARALLEL_MIN_FLOATS else 1, count)
-    if t <= 1:
-        fn(0, count)
-        return
-    if not _POOL or _POOL[0][0] < t:
-        _POOL[:] = [(t, ThreadPoolExecutor(t - 1, thread_name_prefix="cu-ops"))]
-    pieces = min(count, PIECES_PER_THREAD * t)
-    bounds = [count * i // pieces for i in range(pieces + 1)]
-    claim = itertools.count()   # next() is atomic under the GIL
-
-    def run():
-        for i in iter(claim.__next__, None):
-            if i >= pieces:
-                return
-            fn(bounds[i], bounds[i + 1])
-
-    helpers = [_POOL[0][1].submit(run) for _ in range(t - 1)]
-    run()
-    for f in helpers:
-        f.cancel() or f.result()   # a helper that never started has nothing to finish
-
 
 # -- numba kernels (2-D; flat unsigned indices let LLVM vectorize the copies) -------------------------------
 @njit(cache=True, nogil=True, error_model="numpy")

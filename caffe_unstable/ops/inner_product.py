@@ -9,15 +9,37 @@ import numpy as np
 
 from . import fc_kernels
 from .base import Layer, register
-from .im2col import in_parallel
+from .im2col import SCRATCH
+from .parallel import for_each, in_parallel, serial_blas
 
 # Few rows against a large weight: the numba kernels of fc_kernels.py instead of OpenBLAS's skinny GEMMs
 SKINNY_MAX_ROWS = 16
 SKINNY_MIN_WEIGHT = 1 << 20
+SKINNY_BLOCKS = 8   # fixed row ranges of the skinny backward (not the thread count: results must not vary)
 
 
 def _skinny(m, w):
     return m <= SKINNY_MAX_ROWS and w.size >= SKINNY_MIN_WEIGHT
+
+
+def _row_blocks(rows, macs_per_row, min_macs=1 << 22, most=4):
+    """Bounds of the row blocks a GEMM's output is cut into for the ops' threads: one block under min_macs
+    multiply-adds, else at most `most` blocks of whole multiples of 32 rows and at least 128 rows (smaller
+    blocks cost OpenBLAS more than a thread saves). Fixed by the shape alone, so results never depend on the
+    thread count."""
+    if rows * macs_per_row < min_macs:
+        return [0, rows]
+    per = max(128, -(-rows // most))
+    per = -(-per // 32) * 32
+    return list(range(0, rows, per)) + [rows]
+
+
+def _add_or_write(out, a, b, overwrite):
+    """out = a @ b when `overwrite` (out's Blob diff was all zeros), else out += a @ b."""
+    if overwrite:
+        np.matmul(a, b, out=out)
+    else:
+        accumulate_matmul(out, a, b)
 
 
 def accumulate_matmul(out, a, b, block_floats=1 << 18):
@@ -75,33 +97,70 @@ class InnerProduct(Layer):
         w = self.blobs[0].data
         y = top[0].data.reshape(self.m, self.num_output)
         if self.transpose:
-            np.matmul(x, w, out=y)
+            with serial_blas():
+                np.matmul(x, w, out=y)
         elif _skinny(self.m, w):
             in_parallel(lambda a, b: fc_kernels.forward(x, w, y, a, b), w.shape[0], w.size)
-        elif self.m < 128:
-            # few rows: OpenBLAS is about twice as fast on W x^T than on x W^T here
-            y[...] = np.matmul(w, x.T).T
         else:
-            np.matmul(x, w.T, out=y)
+            # W x^T, by blocks of weight rows over the ops' threads: OpenBLAS is about twice as fast on W x^T
+            # than on x W^T for few rows, and its result does not depend on where the rows are cut
+            yt = SCRATCH.get("ip_yt", (self.num_output, self.m))
+            blocks = _row_blocks(self.num_output, self.m * self.k)
+            for_each(lambda i: np.matmul(w[blocks[i]:blocks[i + 1]], x.T, out=yt[blocks[i]:blocks[i + 1]]),
+                     len(blocks) - 1, y.size * self.k)
+            y[...] = yt.T
         if self.bias_term:
             y += self.blobs[1].data
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff.reshape(self.m, self.num_output)
         x = bottom[0].data.reshape(self.m, self.k)
-        if _param_down(self, 0):
+        want_dw = _param_down(self, 0)
+        skinny = not self.transpose and _skinny(self.m, self.blobs[0].data)
+        if skinny:
+            self._skinny_backward(dy, x, want_dw, propagate_down[0], bottom[0])
+        elif want_dw:
+            dw, zero = self.blobs[0].diff_to_accumulate()
             if self.transpose:
-                accumulate_matmul(self.blobs[0].diff, x.T, dy)
-            elif _skinny(self.m, self.blobs[0].diff):
-                dw = self.blobs[0].diff
-                in_parallel(lambda a, b: fc_kernels.weight_grad(dy, x, dw, a, b), dw.shape[0], dw.size)
+                with serial_blas():
+                    _add_or_write(dw, x.T, dy, zero)
             else:
-                accumulate_matmul(self.blobs[0].diff, dy.T, x)
+                # dW += dy^T x by blocks of weight rows (each row's sum is the same wherever the rows are cut)
+                blocks = _row_blocks(self.num_output, self.m * self.k)
+                for_each(lambda i: _add_or_write(dw[blocks[i]:blocks[i + 1]], dy[:, blocks[i]:blocks[i + 1]].T,
+                                                 x, zero), len(blocks) - 1, dw.size * self.m)
         if self.bias_term and _param_down(self, 1):
             self.blobs[1].diff[...] += dy.sum(axis=0, dtype=np.float32)
-        if propagate_down[0]:
+        if propagate_down[0] and not skinny:
             w = self.blobs[0].data
-            np.matmul(dy, w.T if self.transpose else w, out=bottom[0].diff.reshape(self.m, self.k))
+            dx = bottom[0].diff.reshape(self.m, self.k)
+            if self.transpose:
+                with serial_blas():
+                    np.matmul(dy, w.T, out=dx)
+            else:
+                # dx^T = W^T dy^T by blocks of dx's columns
+                dxt = SCRATCH.get("ip_dxt", (self.k, self.m))
+                blocks = _row_blocks(self.k, self.m * self.num_output)
+                for_each(lambda i: np.matmul(w[:, blocks[i]:blocks[i + 1]].T, dy.T, out=dxt[blocks[i]:blocks[i + 1]]),
+                         len(blocks) - 1, dx.size * self.num_output)
+                dx[...] = dxt.T
+
+    def _skinny_backward(self, dy, x, want_dw, want_dx, bottom):
+        """Both gradients in one pass over the weight rows (fc_kernels.backward), SKINNY_BLOCKS fixed row ranges
+        on the ops' threads; the ranges' dx parts are summed in order (the same result on any thread count)."""
+        w = self.blobs[0].data
+        dw, zero = self.blobs[0].diff_to_accumulate() if want_dw else (w, False)
+        n = w.shape[0]
+        blocks = min(SKINNY_BLOCKS, n)
+        bounds = [n * i // blocks for i in range(blocks + 1)]
+        parts = SCRATCH.get("ip_dx_parts", (blocks, self.m, self.k) if want_dx else (blocks, 1, 1))
+        for_each(lambda i: fc_kernels.backward(dy, x, w, dw, parts[i], bounds[i], bounds[i + 1], want_dw, zero,
+                                               want_dx), blocks, w.size)
+        if want_dx:
+            dx = bottom.diff.reshape(self.m, self.k)
+            dx[...] = parts[0]
+            for i in range(1, blocks):
+                dx += parts[i]
 
 
 @register

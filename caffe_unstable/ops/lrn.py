@@ -13,7 +13,7 @@ import numpy as np
 
 from . import lrn_kernels
 from .base import Layer, register
-from .im2col import in_parallel
+from .parallel import in_parallel
 from .pooling import ave_pool, ave_unpool, pool_out_dims
 
 PIXEL_BLOCK = 1024  # pixels per kernel unit: the backward's ratio buffer (C x block) stays in L2

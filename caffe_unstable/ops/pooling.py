@@ -11,7 +11,7 @@ import numpy as np
 
 from . import pool_kernels
 from .base import Layer, register
-from .im2col import in_parallel
+from .parallel import in_parallel
 
 FLT_MAX = float(np.finfo(np.float32).max)
 MAX, AVE, STOCHASTIC = 0, 1, 2

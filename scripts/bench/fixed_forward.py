@@ -5,7 +5,9 @@ Nets: LeNet (real weights, batch 64), cifar10_quick (real weights, batch 100), A
 filler weights, PipeCNN's published AlexNet table, batch 10). Correctness first: every accelerated blob holds
 exactly q 2^-F, and on one image the fast exact path equals the MAC-order register loop on every blob. Timing:
 float and fixed forwards alternate; the ratio uses the best of --repeat runs of each (medians printed beside).
-Run: python scripts/bench/fixed_forward.py [--repeat N] [--nets lenet,cifar10_quick,alexnet]
+--layers adds a per-layer table (each layer's forward_from_to alone, best of --repeat, ms/image): where the time
+goes. Compare versions with single-thread CPU time on a busy machine (OMP_NUM_THREADS=1, time.process_time).
+Run: python scripts/bench/fixed_forward.py [--repeat N] [--nets lenet,cifar10_quick,alexnet] [--layers]
 """
 import argparse
 import statistics
@@ -93,7 +95,24 @@ def check(name, fixed_net, acc, x):
     return bad
 
 
-def bench(name, repeat):
+def per_layer(nets, batch, repeat):
+    """Each layer's forward alone (its bottoms as the last full forward left them), best of `repeat`, ms/image."""
+    best = {}
+    for key, net in nets:
+        names = net._layer_names
+        net.forward()
+        for _ in range(repeat):
+            for i, layer in enumerate(names):
+                t = time.perf_counter()
+                net.forward_from_to(i, i)
+                ms = (time.perf_counter() - t) * 1000 / batch
+                best[key, layer] = min(best.get((key, layer), ms), ms)
+    rows = [(layer, best["float", layer], best["fixed", layer]) for layer in names]
+    for layer, fl, fx in rows:
+        print(f"    {layer:10s} float {fl:8.3f}  fixed {fx:8.3f}  (+{fx - fl:7.3f})")
+
+
+def bench(name, repeat, layers=False):
     param, weights, quant, batch, (kind, scale) = nets()[name]
     rng = np.random.default_rng(1)
     float_net = build(param, weights, batch)
@@ -119,6 +138,8 @@ def bench(name, repeat):
     note = f"fast == MAC order on every blob of one image: {mismatches} mismatches"
     print(f"{name:14s} batch {batch:3d}  float {fl:8.3f} ms/image  fixed {fx:8.3f} ms/image  "
           f"fixed / float = {fx / fl:5.2f}  (medians {ml:.3f} / {mx:.3f} = {mx / ml:.2f})   [{note}]", flush=True)
+    if layers:
+        per_layer((("float", float_net), ("fixed", fixed_net)), batch, repeat)
     return fx / fl
 
 
@@ -134,8 +155,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--nets", default="lenet,cifar10_quick,alexnet")
+    ap.add_argument("--layers", action="store_true", help="also time each layer alone")
     args = ap.parse_args()
-    ratios = [bench(name, args.repeat) for name in args.nets.split(",")]
+    ratios = [bench(name, args.repeat, args.layers) for name in args.nets.split(",")]
     print(f"worst fixed / float = {max(ratios):.2f} (target <= 1.5)")
 
 

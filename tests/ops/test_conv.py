@@ -6,6 +6,7 @@ import pytest
 
 import caffe_unstable.ops.conv as conv
 import caffe_unstable.ops.im2col as im2col
+import caffe_unstable.ops.parallel as parallel
 from caffe_unstable.errors import CaffeUnstableError
 from caffe_unstable.net.blob import Blob
 from tests.ops.gradcheck import assert_golden_layer, check_gradient, layer_from_text
@@ -222,18 +223,18 @@ def test_backward_rereads_a_changed_bottom():
     np.testing.assert_allclose(layer.blobs[0].diff, fresh.blobs[0].diff, rtol=1e-6)
 
 
-@pytest.mark.parametrize("chunk,ratio,parallel", [(1 << 24, 1, 1 << 30), (100, 1, 1 << 30), (1 << 24, 0, 0),
+@pytest.mark.parametrize("chunk,ratio,parallel_min", [(1 << 24, 1, 1 << 30), (100, 1, 1 << 30), (1 << 24, 0, 0),
                                                    (100, 100, 0), (1 << 24, 100, 0)])
 @pytest.mark.parametrize("kind", ["Convolution", "Deconvolution"])
-def test_chunked_threaded_and_alternative_data_paths_agree(monkeypatch, chunk, ratio, parallel, kind):
+def test_chunked_threaded_and_alternative_data_paths_agree(monkeypatch, chunk, ratio, parallel_min, kind):
     text = f'type: "{kind}" convolution_param {{ num_output: 3 kernel_size: 3 pad: 1 group: 1 }}'
     ref, rb, rt = make(text, [(3, 3, 5, 4)])
     rt[0].diff[...] = np.arange(rt[0].count).reshape(rt[0].shape) % 7 - 3
     ref.backward(rt, [True], rb)
     monkeypatch.setattr(conv, "COL_CHUNK_FLOATS", chunk)
     monkeypatch.setattr(conv, "TRANSPOSED_RATIO", ratio)
-    monkeypatch.setattr(im2col, "PARALLEL_MIN_FLOATS", parallel)
-    monkeypatch.setattr(im2col, "THREADS", 3)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_FLOATS", parallel_min)
+    monkeypatch.setattr(parallel, "THREADS", 3)
     layer, bottom, top = make(text, [(3, 3, 5, 4)])
     top[0].diff[...] = rt[0].diff
     layer.backward(top, [True], bottom)
@@ -351,3 +352,47 @@ def test_row_transposes():
     bias = rng.normal(size=6).astype(np.float32)
     back = im2col.rows_to_image(rows.copy(), np.empty_like(y), bias)
     np.testing.assert_array_equal(back, y + bias[:, None])
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_cleared_param_diffs_are_written_like_zeros_added(monkeypatch, threads):
+    """Lazily cleared weight and bias diffs (Blob.clear_diff) are overwritten by the backward, with the values of
+    adding into zeros, and accumulate on the next backward; several chunks and weight slots, any thread count."""
+    text = 'type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 pad: 1 }'
+    monkeypatch.setattr(conv, "COL_CHUNK_FLOATS", 200)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_FLOATS", 0)
+    monkeypatch.setattr(parallel, "THREADS", threads)
+    results = []
+    for lazy in (False, True):
+        layer, bottom, top = make(text, [(7, 3, 6, 5)])
+        top[0].diff[...] = np.arange(top[0].count).reshape(top[0].shape) % 5 - 2
+        for p in layer.blobs:
+            p.diff[...] = 3
+            if lazy:
+                p.clear_diff()
+            else:
+                p.diff[...] = 0
+        layer.backward(top, [True], bottom)
+        once = [p.diff.copy() for p in layer.blobs]
+        layer.backward(top, [True], bottom)
+        results.append(once + [p.diff.copy() for p in layer.blobs] + [bottom[0].diff.copy()])
+    for a, g in zip(*results):
+        np.testing.assert_array_equal(g, a)
+    np.testing.assert_allclose(results[0][2], 2 * results[0][0], rtol=1e-6)
+
+
+def test_weight_gradient_does_not_depend_on_the_thread_count(monkeypatch):
+    """Chunks run on any thread, but the weight gradient's partial sums are fixed by the shape: bit-equal."""
+    text = 'type: "Convolution" convolution_param { num_output: 5 kernel_size: 3 group: 1 }'
+    monkeypatch.setattr(conv, "COL_CHUNK_FLOATS", 300)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_FLOATS", 0)
+    diffs = []
+    for threads in (1, 2, 5):
+        monkeypatch.setattr(parallel, "THREADS", threads)
+        layer, bottom, top = make(text, [(11, 4, 7, 7)])
+        top[0].diff[...] = np.sin(np.arange(top[0].count)).reshape(top[0].shape)
+        layer.backward(top, [True], bottom)
+        diffs.append([layer.blobs[0].diff.copy(), layer.blobs[1].diff.copy(), bottom[0].diff.copy()])
+    for got in diffs[1:]:
+        for a, g in zip(diffs[0], got):
+            np.testing.assert_array_equal(g, a)

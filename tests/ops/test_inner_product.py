@@ -132,7 +132,7 @@ def test_blocked_accumulation_equals_plain():
 @pytest.mark.parametrize("m", [1, 3, 4, 10])
 def test_skinny_kernels_equal_blas(monkeypatch, m):
     """Few rows against a large weight run fc_kernels (split over threads): same values as the BLAS path."""
-    from caffe_unstable.ops import im2col, inner_product
+    from caffe_unstable.ops import inner_product, parallel
     rng = np.random.default_rng(m)
     x = rng.normal(size=(m, 37)).astype(np.float32)
     w, b = rng.normal(size=(13, 37)).astype(np.float32), rng.normal(size=13).astype(np.float32)
@@ -141,8 +141,8 @@ def test_skinny_kernels_equal_blas(monkeypatch, m):
     results = []
     for min_weight in (1 << 30, 0):   # BLAS, then the kernels
         monkeypatch.setattr(inner_product, "SKINNY_MIN_WEIGHT", min_weight)
-        monkeypatch.setattr(im2col, "PARALLEL_MIN_FLOATS", 0)
-        monkeypatch.setattr(im2col, "THREADS", 2)
+        monkeypatch.setattr(parallel, "PARALLEL_MIN_FLOATS", 0)
+        monkeypatch.setattr(parallel, "THREADS", 2)
         layer, bottom, top = run(text, x, [w, b])
         top[0].diff[...] = dy
         layer.blobs[0].diff[...] = 1
@@ -152,3 +152,51 @@ def test_skinny_kernels_equal_blas(monkeypatch, m):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(results[1][0], x @ w.T + b, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(results[1][1], 1 + dy.T @ x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("m,n,k,skinny", [(3, 13, 37, True), (10, 70, 300, True), (64, 500, 800, False),
+                                          (130, 700, 100, False)])
+def test_cleared_diff_is_written_like_zeros_added(monkeypatch, m, n, k, skinny):
+    """A weight diff cleared lazily (Blob.clear_diff) is overwritten by the backward: the same values as adding
+    into real zeros, on one thread and on three, and the diff then accumulates as before."""
+    from caffe_unstable.ops import inner_product, parallel
+    monkeypatch.setattr(inner_product, "SKINNY_MIN_WEIGHT", 0 if skinny else 1 << 30)
+    rng = np.random.default_rng(n)
+    x, dy = rng.normal(size=(m, k)).astype(np.float32), rng.normal(size=(m, n)).astype(np.float32)
+    w, b = rng.normal(size=(n, k)).astype(np.float32), rng.normal(size=n).astype(np.float32)
+    text = f'type: "InnerProduct" inner_product_param {{ num_output: {n} }}'
+    results = []
+    for threads, lazy in ((1, False), (1, True), (3, True)):
+        monkeypatch.setattr(parallel, "PARALLEL_MIN_FLOATS", 0)
+        monkeypatch.setattr(parallel, "THREADS", threads)
+        layer, bottom, top = run(text, x, [w, b])
+        top[0].diff[...] = dy
+        for p in layer.blobs:
+            p.diff[...] = 7
+            if lazy:
+                p.clear_diff()
+            else:
+                p.diff[...] = 0
+        layer.backward(top, [True], bottom)
+        once = layer.blobs[0].diff.copy()
+        layer.backward(top, [True], bottom)
+        results.append((top[0].data.copy(), once, layer.blobs[0].diff.copy(), layer.blobs[1].diff.copy(),
+                        bottom[0].diff.copy()))
+    for got in results[1:]:
+        for a, g in zip(results[0], got):
+            np.testing.assert_array_equal(g, a)
+    np.testing.assert_allclose(results[0][1], dy.T @ x, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results[0][2], 2 * (dy.T @ x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results[0][4], dy @ w, rtol=1e-4, atol=1e-4)
+
+
+def test_split_gemm_blocks_equal_one_gemm():
+    """The row blocks a large InnerProduct is cut into give OpenBLAS's one-GEMM values to the bit."""
+    from caffe_unstable.ops.inner_product import _row_blocks
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(64, 800)).astype(np.float32), rng.normal(size=(500, 800)).astype(np.float32)
+    blocks = _row_blocks(500, 64 * 800)
+    assert len(blocks) > 2 and blocks[0] == 0 and blocks[-1] == 500
+    layer, bottom, top = run('type: "InnerProduct" inner_product_param { num_output: 500 }', x,
+                             [w, np.zeros(500, np.float32)])
+    np.testing.assert_array_equal(top[0].data, np.matmul(w, x.T).T)

@@ -102,9 +102,9 @@ def test_backward_respects_propagate_down():
                                                 (1, 0.75, (1, 2, 2, 2), 1024)])
 def test_kernels_equal_numpy_reference(monkeypatch, n, beta, shape, block):
     """The numba kernels (Caffe's sliding channel window, pixel blocks) against the vectorized numpy version."""
-    from caffe_unstable.ops import im2col, lrn
+    from caffe_unstable.ops import lrn, parallel
     monkeypatch.setattr(lrn, "PIXEL_BLOCK", block)
-    monkeypatch.setattr(im2col, "PARALLEL_MIN_FLOATS", 0)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_FLOATS", 0)
     rng = np.random.default_rng(3)
     x = (rng.normal(size=shape) * 3).astype(np.float32)
     dy = rng.normal(size=shape).astype(np.float32)

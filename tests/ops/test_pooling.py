@@ -305,12 +305,12 @@ def test_ave_kernels_equal_reference(shape, k, s, p, ceil_mode):
 
 
 def test_layer_splits_planes_over_threads(monkeypatch):
-    from caffe_unstable.ops import im2col
+    from caffe_unstable.ops import parallel
     x = _kernel_input((3, 5, 16, 16), 7)
     text = 'type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 }'
     _, _, want = run(text, x, 2)
-    monkeypatch.setattr(im2col, "PARALLEL_MIN_FLOATS", 0)
-    monkeypatch.setattr(im2col, "THREADS", 3)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_FLOATS", 0)
+    monkeypatch.setattr(parallel, "THREADS", 3)
     layer, bottom, top = run(text, x, 2)
     assert np.array_equal(top[0].data, want[0].data, equal_nan=True)
     np.testing.assert_array_equal(top[1].data, want[1].data)

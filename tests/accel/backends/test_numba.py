@@ -240,3 +240,142 @@ def test_weight_check_is_exact_at_rounding_boundaries():
             other = q.copy()
             other[i] = other[i] + 1 if other[i] < 7 else other[i] - 1
             assert not be.quantizes_to(xs, other, frac, bits)
+
+
+# -- the fast path's kernels (conv.py, fixed.py, pool_lrn.py) against the reference, on the shapes that take each
+# of their branches: partial channel groups, pieces that cut images, K chunks, skinny and rows-first GEMMs, every n
+
+def _random_conv(rng, geom, fmt, relu=False, full_scale=False):
+    lim = 128 if full_scale else 20
+    x = rng.integers(-128, 128, (geom.N, geom.C, geom.H, geom.W)).astype(np.int8)
+    w = rng.integers(-lim, lim, (geom.O, geom.Cg, geom.Kh, geom.Kw)).astype(np.int8)
+    b = rng.integers(-128, 128, geom.O).astype(np.int8)
+    return x, w, b, reference.conv_reference(x, w, b, geom, fmt, relu)
+
+
+FAST_SHAPES = [  # N, C, H, W, O, group, Kh, Kw, stride_h, stride_w, pad_h, pad_w
+    (3, 1, 9, 8, 5, 1, 3, 2, 1, 2, 1, 0),        # C = 1: one partial channel-vector group, lanes dropped
+    (2, 3, 11, 13, 7, 1, 5, 3, 2, 1, 2, 1),      # C = 3, the RGB first layer
+    (2, 7, 6, 5, 6, 1, 3, 3, 1, 1, 1, 1),        # a full and a partial group
+    (3, 12, 7, 7, 10, 2, 3, 3, 2, 2, 1, 1),      # groups with a partial channel group each
+    (2, 8, 5, 5, 6, 2, 5, 5, 1, 1, 0, 0),        # a kernel covering the image: one position
+    (2, 9, 4, 4, 3, 3, 1, 1, 1, 1, 0, 0),        # 1x1, three groups
+]
+
+
+@pytest.mark.parametrize("chunk", [0, 40, 1 << 20])
+@pytest.mark.parametrize("shape", FAST_SHAPES)
+def test_fast_path_pieces_equal_reference(shape, chunk, monkeypatch):
+    """Pieces of positions that cut images anywhere (COL_CHUNK_FLOATS 0 gives one position per piece), VEC 4 and 8,
+    ReLU on and off, and output shifts n from 1 to 32 (n >= 26 takes the conversion's zero branch)."""
+    from caffe_unstable.accel.backends.numba import conv
+
+    monkeypatch.setattr(conv, "COL_CHUNK_FLOATS", chunk)
+    rng = np.random.default_rng(sum(shape) + chunk)
+    for vec, n, relu in ((4, 1, False), (4, 9, True), (8, 5, False), (4, 25, False), (4, 26, True), (8, 32, False)):
+        geom = ConvGeometry(*shape, vec=vec, lane=3)
+        fmt = quant.LayerFormat(6, n - 6 + 4, 4)
+        x, w, b, want = _random_conv(rng, geom, fmt, relu)
+        got = run_conv(backend(vec_size=vec, lane_num=3), x, w, b, geom, fmt, relu, "fast")
+        assert np.array_equal(got, want), (shape, vec, n)
+
+
+@pytest.mark.parametrize("skinny_min", [1, 1 << 40])
+def test_fast_path_k_chunks_skinny_and_rows_first(skinny_min, monkeypatch):
+    """K > 2048 full-scale products (exact float32 chunks, combined in float64), FC layers through skinny_sums (few
+    positions, int8 weights) and through BLAS, the W cols^T orientation of wide layers, and a ConvWeights reused
+    for more positions than skinny_sums takes (its float32 matrices made on first use)."""
+    from caffe_unstable.accel.backends.numba import gemm
+
+    monkeypatch.setattr(gemm, "SKINNY_MIN_WEIGHTS", skinny_min)
+    monkeypatch.setattr(gemm, "ROWS_FIRST_MIN_OG", 9)
+    rng = np.random.default_rng(11)
+    be = backend()
+    fmt = quant.LayerFormat(4, 2, 0)
+    cases = [(3, 2500, 1, 1, 9, 1, 1, 1, 1, 1, 0, 0),       # K = 2500, Og >= ROWS_FIRST_MIN_OG
+             (5, 330, 3, 3, 7, 1, 3, 3, 3, 3, 0, 0),        # an FC over (C, H, W), K = 2970
+             (2, 800, 4, 4, 6, 2, 3, 3, 1, 1, 1, 1),        # groups, K = 3600 per group, padding
+             (17, 800, 2, 2, 5, 1, 2, 2, 2, 2, 0, 0)]       # 17 positions: past SKINNY_MAX_ROWS
+    for shape in cases:
+        geom = ConvGeometry(*shape)
+        x, w, b, want = _random_conv(rng, geom, fmt, full_scale=True)
+        assert np.array_equal(run_conv(be, x, w, b, geom, fmt, False, "fast"), want), shape
+        cached = be.mem["t"]["_weights"]
+        assert cached.bounds[0].size > 2                     # the sums were cut into K chunks
+    geom = ConvGeometry(*cases[0])                           # the same weights, then more positions
+    x, w, b, want = _random_conv(rng, geom, fmt, full_scale=True)
+    assert np.array_equal(run_conv(be, x, w, b, geom, fmt, False, "fast"), want)
+    big = ConvGeometry(40, *cases[0][1:])
+    x40 = np.concatenate([x] * 14)[:40]
+    be.data_to_fpga("t", input=be.data_layout_reorder(x40, "input", big))
+    be.launch_accelerator(Launch("t", conv=ConvStage(big, fmt, False, True), path="fast"))
+    got = be.data_layout_recover(be.data_from_fpga("t")["conv"], "activations", channels=big.O)
+    assert np.array_equal(got, reference.conv_reference(x40, w, b, big, fmt))
+
+
+def test_fused_layout_conversions_at_every_scale():
+    """float -> fixed fused with the device layouts (float32 kernels where 2^F is a normal float32, float64
+    beyond), and back: ties, values next to them, NaN, infinities and subnormals, FC-shaped (1x1) inputs with
+    and without padded channels, VEC 4 and 8, groups."""
+    rng = np.random.default_rng(12)
+    for vec in (4, 8):
+        be = backend(vec_size=vec)
+        for frac in [-130, -127, -126, -60, -3, 0, 1, 7, 60, 125, 127]:
+            for c, h, w in ((9, 5, 7), (9, 1, 1), (24, 1, 1)):
+                shape = (2, c, h, w)
+                with np.errstate(over="ignore"):
+                    x = (rng.normal(0, 1, shape) * 2.0 ** (rng.integers(-2, 9, shape) - frac)).astype(np.float32)
+                    half = ((rng.integers(-300, 300, 12) / 2) * 2.0 ** -frac).astype(np.float32)
+                flat = x.reshape(-1)
+                k = min(12, flat.size // 4)
+                flat[:k] = half[:k]
+                flat[k:2 * k] = np.nextafter(half[:k], np.float32(np.inf))
+                flat[2 * k:3 * k] = np.nextafter(half[:k], np.float32(-np.inf))
+                flat[-4:] = [np.nan, np.inf, -np.inf, 1e-45]
+                for bits in (8, 4):
+                    assert np.array_equal(be.float_to_fixed(x, frac, bits), quant.float_to_fixed(x, frac, bits))
+                q = quant.float_to_fixed(x, frac)
+                for group in (1, 3):
+                    geom = ConvGeometry(N=2, C=c, H=h, W=w, O=3, group=group, Kh=1, Kw=1, stride_h=1, stride_w=1,
+                                        pad_h=0, pad_w=0, vec=vec)
+                    assert np.array_equal(be.input_from_float(x, frac, geom), layouts.conv_input_reorder(q, geom))
+                dev = be.activations_from_float(x, frac)
+                assert np.array_equal(dev, layouts.activations_reorder(q, vec))
+                with np.errstate(over="ignore"):
+                    want = quant.fixed_to_float(q, frac)
+                assert np.array_equal(be.float_from_activations(dev, frac, np.empty_like(x)), want, equal_nan=True)
+
+
+def test_weight_check_equals_requantising():
+    """quantizes_to(x, q) == array_equal(float_to_fixed(x), q) for random values, ties, their neighbours,
+    saturated values and one-step changes anywhere (the screened blocks and the exact re-check)."""
+    be = backend()
+    rng = np.random.default_rng(13)
+    for trial in range(60):
+        frac, bits = int(rng.integers(-10, 14)), int(rng.choice([8, 6, 4]))
+        x = (rng.normal(0, 1, 9000) * 2.0 ** (rng.integers(-3, 9) - frac)).astype(np.float32)
+        half = ((rng.integers(-260, 260, 500) / 2) * 2.0 ** -frac).astype(np.float32)
+        x[:500], x[500:1000], x[1000:1500] = half, np.nextafter(half, np.float32(np.inf)), \
+            np.nextafter(half, np.float32(-np.inf))
+        rng.shuffle(x)
+        q = quant.float_to_fixed(x, frac, bits)
+        assert be.quantizes_to(x, q, frac, bits)
+        for i in rng.integers(0, x.size, 5):
+            other = q.copy()
+            other[i] = np.int8(min(127, max(-128, int(other[i]) + int(rng.choice([-1, 1])))))
+            assert be.quantizes_to(x, other, frac, bits) == np.array_equal(quant.float_to_fixed(x, frac, bits), other)
+
+
+def test_max_pool_and_lrn_on_wide_rows():
+    """Rows wider than the kernels' unrolled loops, VEC 8, padding, and ceil-mode windows past the input."""
+    rng = np.random.default_rng(14)
+    for vec in (4, 8):
+        be = backend(vec_size=vec)
+        q = rng.integers(-128, 128, (2, 13, 31, 29)).astype(np.int8)
+        pool = PoolStage(2, 13, 31, 29, 3, 3, 2, 2, 1, 1)
+        be.data_to_fpga("w", input=be.data_layout_reorder(q, "activations", vec))
+        be.launch_accelerator(Launch("w", pool=pool, lrn=LrnStage(2, 13, pool.Ho, pool.Wo, -2)))
+        out = be.data_from_fpga("w")
+        pooled = reference.max_pool_reference(q, pool)
+        assert np.array_equal(layouts.activations_recover(out["pool"], 13), pooled)
+        assert np.array_equal(layouts.activations_recover(out["lrn"], 13), reference.lrn_reference(pooled, -2))

@@ -1,33 +1,28 @@
-"""Splitting a kernel's outer range over a few Python threads (the kernels are nogil).
+"""Splitting a kernel's outer range over the ops' thread pool (the kernels are nogil).
 
-numba's own parallel=True threads fight OpenBLAS's spinning threads for the cores between GEMM calls (measured:
-10x slower on 2 cores), so the kernels are serial over a [start, stop) range and large calls are split here, as
-the float path splits im2col (ops/conv.py).
+The accelerator's kernels share one pool with the float ops (ops/parallel.py), and follow its rule: OpenBLAS
+runs single-threaded inside a split, which is cut into more pieces than threads, claimed as threads come free.
+Two pools, or OpenBLAS's spinning threads between our kernels, fight for the cores (measured before this:
+cifar10_quick's fixed forward 3x slower on two busy cores than on one), and a thread that gets its core late
+on a shared machine just takes fewer pieces. Kernels are serial over a [start, stop) range, and what a piece
+computes never depends on how the range is cut, so results do not depend on the thread count.
 """
-import os
-from concurrent.futures import ThreadPoolExecutor
+from ....ops.parallel import PIECES_PER_THREAD, copy_threads, for_each, in_parallel, serial_blas
 
-PARALLEL_MIN_WORK = 1 << 18
-_POOL = []
+PARALLEL_MIN_WORK = 1 << 18         # below this much work (about one element's cost each) a kernel runs serially
+
+__all__ = ["split", "for_each", "serial_blas", "thread_count", "PIECES_PER_THREAD", "PARALLEL_MIN_WORK"]
 
 
 def thread_count():
-    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
-            return min(int(os.environ[var]), 8)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(cpus, 8)
+    return copy_threads()
 
 
 def split(kernel, count, work, *args):
-    """kernel(*args, start, stop) over [0, count), on up to thread_count() threads when `work` merits it."""
-    t = min(thread_count() if work >= PARALLEL_MIN_WORK else 1, count)
-    if t <= 1:
+    """kernel(*args, start, stop) over [0, count), on the ops' threads when `work` merits it."""
+    if count <= 0:
+        return
+    if work < PARALLEL_MIN_WORK or count == 1 or copy_threads() <= 1:
         kernel(*args, 0, count)
         return
-    if not _POOL or _POOL[0][0] < t:
-        _POOL[:] = [(t, ThreadPoolExecutor(t, thread_name_prefix="cu-accel"))]
-    bounds = [count * i // t for i in range(t + 1)]
-    futures = [_POOL[0][1].submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(t)]
-    for f in futures:
-        f.result()
+    in_parallel(lambda a, b: kernel(*args, a, b), count, work)
