@@ -35,21 +35,26 @@ def load_quant(quant):
     return QuantTable.load(quant)
 
 
-def open(backend, quant=None, profile=None, freq_mhz=None, ser=None, seed=None, **hw):  # noqa: A001
-    """Open an accelerator (interface.md §"Accelerator API" 1).
+def open(backend, quant=None, profile=None, freq_mhz=None, ser=None, seed=None, fault_layers=None,  # noqa: A001
+         horizon_k=None, backward_weights="master", **hw):
+    """Open an accelerator (interface.md "Accelerator API" 1; faults.md §7.3, §11).
 
     backend: "float" (plain Caffe: returns None), "numba" (or later "opencl"). quant: a `*.quant.yaml` path (see
-    load_quant). hw: HwConfig keywords (vec_size, lane_num, pipe_depth, width_product, width_accumulator,
-    width_final, lrn_overflow); the defaults are the paper's KCU1500 build. profile / freq_mhz / ser select fault
-    models (faults.md), which this build does not have yet.
+    load_quant). profile: a `*.devprofile.yaml` path, a shipped profile's name or a faults.DeviceProfile; its
+    `accelerator:` section sets the hardware parameters, which `hw` keywords (vec_size, lane_num, pipe_depth,
+    width_product, width_accumulator, width_final, lrn_overflow) override; without a profile, faults use the
+    shipped pipecnn_kcu1500. freq_mhz: the clock (timing faults above the profile's safe clock); ser: soft errors
+    per MAC (overrides soft_errors.mac_flip_rate; the profile says which register: pipecnn_kcu1500 flips the
+    18-bit product, docs/faults.md); seed: the fault seed (drawn and reported when None); fault_layers:
+    names of the conv/FC layers that get faults (None = all); horizon_k: a fixed carry horizon (timing.fixed_k).
     """
     from .backends import backend_class
 
-    if profile is not None or freq_mhz is not None or ser is not None:
-        which = ", ".join(k for k, v in (("profile", profile), ("freq_mhz", freq_mhz), ("ser", ser)) if v is not None)
-        raise CaffeUnstableError("--profile/--freq/--ser", f"fault injection ({which}) is not available in this "
-                                                           "build yet: only the clean fixed-point accelerator")
+    faults_wanted = any(v is not None for v in (profile, freq_mhz, ser, horizon_k))
     if backend in (None, "float"):
+        if faults_wanted:
+            raise CaffeUnstableError("--accel", "fault injection needs the simulated accelerator (--accel numba): "
+                                                "the float path is plain Caffe")
         if hw or quant is not None:
             raise CaffeUnstableError("--accel", "the float path is plain Caffe: it takes no quantization table or "
                                                 "hardware parameters (use --accel numba)")
@@ -58,8 +63,41 @@ def open(backend, quant=None, profile=None, freq_mhz=None, ser=None, seed=None, 
     if unknown:
         raise CaffeUnstableError("accel.open", f"unknown hardware parameter '{unknown[0]}' "
                                                f"(known: {', '.join(HwConfig.keys())})")
-    config = HwConfig(**hw)
+    if backward_weights not in ("master", "quantized"):
+        raise CaffeUnstableError("--backward-weights", f"must be master or quantized, got {backward_weights!r}")
+    prof = load_profile(profile, faults_wanted)
+    build = {k: v for k, v in (prof.accelerator.items() if prof is not None else ()) if k in HwConfig.keys()}
+    build.update(hw)
+    config = HwConfig(**build)
+    models = []
+    if faults_wanted:
+        from .faults import models_for
+        from .faults.rng import check_seed
+
+        if seed is not None:
+            check_seed(seed)
+        if freq_mhz is not None and not float(freq_mhz) > 0:
+            raise CaffeUnstableError("--freq", f"must be a clock in MHz > 0, got {freq_mhz}")
+        if ser is not None and not 0.0 <= float(ser) <= 0.01:
+            raise CaffeUnstableError("--ser", f"must be a rate per MAC in [0, 0.01], got {ser}")
+        models = models_for(prof, freq_mhz=freq_mhz, ser=ser, horizon_k=horizon_k)
     cls = backend_class(backend)
     from .session import Accelerator
 
-    return Accelerator(cls(config), quant=load_quant(quant), seed=seed)
+    return Accelerator(cls(config), quant=load_quant(quant), seed=seed, profile=prof, freq_mhz=freq_mhz, ser=ser,
+                       models=models, fault_layers=fault_layers, horizon_k=horizon_k,
+                       backward_weights=backward_weights)
+
+
+def load_profile(profile, faults_wanted=False):
+    """A DeviceProfile from a path or shipped name (None stays None, unless faults are asked for: then the shipped
+    pipecnn_kcu1500, faults.md §7.3)."""
+    from .faults.profile import DEFAULT_PROFILE, DeviceProfile
+
+    if isinstance(profile, DeviceProfile):
+        return profile
+    if profile is None:
+        if not faults_wanted:
+            return None
+        profile = DEFAULT_PROFILE
+    return DeviceProfile.load(os.fspath(profile))

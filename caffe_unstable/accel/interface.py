@@ -69,16 +69,21 @@ class Launch:
     """One accelerator launch: a conv (with fused ReLU) and/or a max pool and/or an LRN, in that order.
 
     `slot` names the buffers (data_to_fpga / data_from_fpga). The first stage reads the slot's `input` buffer; each
-    later stage reads the previous stage's output. `events` are the MAC-register fault records of the conv stage
-    (`geometry.MacEvents`, faults.md §2.2; None = clean). `path`: "fast" (exact GEMM), "mac" (the register-level
-    MAC-order loop of faults.md §1.2) or "auto" (fast unless there are events).
+    later stage reads the previous stage's output. `plan` is the conv stage's `faults.plan.LayerPlan` for this
+    launch's images (faults.md §2.2: MAC flips, timing, rate events, memory flips, stuck-at; None = clean);
+    `events` is the older shorthand for a plan holding MAC-flip records only. `path`: "fast" (exact GEMM, with
+    §4.4 corrections where they are exact), "mac" (the register-level MAC-order loop of faults.md §1.2) or "auto"
+    (the fastest exact one for the plan). The backend reports what the faults did in `stats` (faults.md §10.4
+    `--fault-log` fields: mac_flips, masked, outputs_changed, outputs_saturated, rate_events, late_adds,
+    outputs_hit, weight_flips, act_flips, stuck_outputs_changed).
     """
 
     slot: str
     conv: object = None             # geometry.ConvStage
     pool: object = None             # geometry.PoolStage
     lrn: object = None              # geometry.LrnStage
-    events: object = None           # geometry.MAC_EVENT_DTYPE records or None
+    events: object = None           # geometry.MAC_EVENT_DTYPE records or None (shorthand for a MAC-flip-only plan)
+    plan: object = None             # faults.plan.LayerPlan or None
     path: str = "auto"
     sums_hook: object = None        # fast path only: hook(group j, n0, n1, S) may edit the clean int32 sums S
                                     # (int64 array ((n1 - n0) Ho Wo, Og), rows = image-major output positions)

@@ -8,7 +8,7 @@ import time
 import click
 import numpy as np
 
-from . import accel_options, console_logger, open_accel, run
+from . import accel_options, console_logger, open_accel, report_accel, run
 from .test import reject_sweep
 
 
@@ -21,10 +21,10 @@ from .test import reject_sweep
 @click.option("--level", type=int, default=0, show_default=True, help="The net state's level.")
 @click.option("--stage", default="", help="The net state's stages, separated by ','.")
 @accel_options
-def main(model, iterations, phase, level, stage, accel, quant, freq, ser, profile, seed):
+def main(model, iterations, phase, level, stage, accel, quant, freq, ser, profile, seed, fault_layers):
     """Benchmark MODEL layer by layer, as `caffe time` does (filler weights; data layers read their sources)."""
     run(benchmark, model, iterations, phase, level, stage.split(","), console_logger(),
-        accel=accel, quant=quant, freq=freq, ser=ser, profile=profile, seed=seed)
+        accel=accel, quant=quant, freq=freq, ser=ser, profile=profile, seed=seed, fault_layers=fault_layers)
 
 
 def _now_us():
@@ -36,16 +36,17 @@ def _ms(value):
     return "%g" % value
 
 
-def benchmark(model, iterations, phase, level, stages, log, accel="float", quant=None, freq=None, ser=None,
-              profile=None, seed=None):
+def benchmark(model, iterations, phase, level, stages, log, accel=None, quant=None, freq=None, ser=None,
+              profile=None, seed=None, fault_layers=None):
     """Run `caffe time`; returns (forward µs per layer, backward µs per layer) summed over the iterations."""
     from ..log import format_value
     from ..net.net import TEST, TRAIN, Net
 
     reject_sweep(freq, ser)
-    acc = open_accel(accel, quant=quant, freq=freq, ser=ser, profile=profile, seed=seed)
+    acc = open_accel(accel, quant=quant, freq=freq, ser=ser, profile=profile, seed=seed, fault_layers=fault_layers)
     log.info("Use CPU.", "caffe.cpp:343")
     net = Net(model, TRAIN if phase == "TRAIN" else TEST, level=level, stages=stages, accel=acc, rng=seed, log=log)
+    report_accel(acc, net, log)
     log.info("Performing Forward", "caffe.cpp:351")
     initial_loss = net.forward_prefilled()
     log.info(f"Initial loss: {format_value(initial_loss)}", "caffe.cpp:356")

@@ -11,7 +11,7 @@ import sys
 import click
 
 from ..errors import CaffeUnstableError
-from . import accel_options, console_logger, open_accel, run
+from . import accel_options, console_logger, open_accel, report_accel, run
 
 EFFECTS = ("stop", "snapshot", "none")
 
@@ -32,7 +32,7 @@ EFFECTS = ("stop", "snapshot", "none")
               show_default=True, help="What SIGHUP does: snapshot, stop or none.")
 @accel_options
 def main(solver_file, solver_option, weights, snapshot, level, stage, sigint_effect, sighup_effect,
-         accel, quant, freq, ser, profile, seed):
+         accel, quant, freq, ser, profile, seed, fault_layers):
     """Train with the solver SOLVER, as `caffe train --solver=SOLVER` does (--seed overrides random_seed)."""
     if solver_file and solver_option and solver_file != solver_option:
         raise click.UsageError(f"two solvers given: {solver_file} and --solver={solver_option}")
@@ -41,12 +41,12 @@ def main(solver_file, solver_option, weights, snapshot, level, stage, sigint_eff
         raise click.UsageError("Need a solver definition to train: cu-train SOLVER (or --solver=SOLVER).")
     run(train, path, weights=weights, snapshot=snapshot, level=level, stages=stage.split(","),
         sigint_effect=sigint_effect, sighup_effect=sighup_effect,
-        accel=accel, quant=quant, freq=freq, ser=ser, profile=profile, seed=seed)
+        accel=accel, quant=quant, freq=freq, ser=ser, profile=profile, seed=seed, fault_layers=fault_layers)
 
 
 def train(path, weights=None, snapshot=None, level=0, stages=("",), sigint_effect="stop",
-          sighup_effect="snapshot", accel="float", quant=None, freq=None, ser=None, profile=None, seed=None,
-          log=None):
+          sighup_effect="snapshot", accel=None, quant=None, freq=None, ser=None, profile=None, seed=None,
+          fault_layers=None, log=None):
     """Run `caffe train`; returns the solver after Solve."""
     from ..io import prototxt as pt
     from ..solvers import create_solver
@@ -71,11 +71,15 @@ def train(path, weights=None, snapshot=None, level=0, stages=("",), sigint_effec
             param.weights.append(weights)
         if seed is not None:
             param.random_seed = seed
-        acc = open_accel(accel, quant=quant, freq=freq, ser=ser, profile=profile, seed=seed)
+        # the fault seed: --seed, else the solver's random_seed when set (faults.md §3.1)
+        fault_seed = seed if seed is not None else (param.random_seed if param.random_seed >= 0 else None)
+        acc = open_accel(accel, quant=quant, freq=freq, ser=ser, profile=profile, seed=fault_seed,
+                         fault_layers=fault_layers)
         # hooked up before the solver is built, as caffe.cpp does: a Ctrl-C during set-up stops after iteration 0
         with _signals(sigint_effect, sighup_effect) as action:
             solver = create_solver(param, path, accel=acc, log=log)
             solver.set_action_function(action)
+            report_accel(acc, solver.net, log)
             if snapshot:
                 log.info(f"Resuming from {snapshot}", "caffe.cpp:235")
                 solver.restore(snapshot)

@@ -100,12 +100,39 @@ def plan(net):
              for i, reason in p.host.items() if net.layers[i].type != "Split"]
     lines += [f"bias of layer '{net.layers[i].name}' has no effect on the accelerator (m = {fmt.m})"
               for i, fmt in p.formats.items() if getattr(net.layers[i], "bias_term", False) and fmt.m >= 8]
+    _check_fault_layers(net, acc, p)
     for line in lines:
         if line not in said:
             said.add(line)
             net.log.info(line, SRC)
     net._accel_plan = p
     return p
+
+
+def _check_fault_layers(net, acc, p):
+    """--fault-layers must name accelerated Convolution/InnerProduct layers of this net."""
+    names = getattr(acc, "fault_layers", None)
+    if not names:
+        return
+    convs = {net._layer_names[i] for i, kind in p.kinds.items() if kind == "conv"}
+    for name in names:
+        if name not in convs:
+            raise CaffeUnstableError("--fault-layers", f"layer '{name}' is not an accelerated Convolution/"
+                                                       f"InnerProduct layer of net '{net.name}' (those are: "
+                                                       f"{', '.join(sorted(convs))})")
+
+
+def fault_geometries(net):
+    """[(layer index, layer name, faults.md §1.1 geometry dict)] of the accelerated conv/FC layers, in net order."""
+    p = plan(net)
+    acc = net.accel
+    out = []
+    for i, kind in sorted(p.kinds.items()):
+        if kind == "conv":
+            name = net._layer_names[i]
+            geom = conv_geometry(net.layers[i], net._blob_list[net._bottom_ids[i][0]].shape, acc.hw)
+            out.append((i, name, acc.fault_geometry(name, geom)))
+    return out
 
 
 def build_plan(net, quant, strict=True, frac_din_of=None):
@@ -316,7 +343,7 @@ def forward(net, i, bottom, top):
         geom = conv_geometry(layer, x.shape, acc.hw)
         w = layer.blobs[0].data.reshape(geom.O, geom.Cg, geom.Kh, geom.Kw)
         b = layer.blobs[1].data if getattr(layer, "bias_term", False) else None
-        acc.conv(name, x, w, b, geom, p.formats[i], i in p.relu_fused, top[0].data)
+        acc.conv(name, x, w, b, geom, p.formats[i], i in p.relu_fused, top[0].data, layer_index=i)
         return
     if net._layer_need_backward[i] or len(top) > 1:
         layer.forward(bottom, top)        # the host's internal state for backward (argmax, LRN scale), mask top

@@ -61,6 +61,8 @@ class Net:
             raise TypeError("Net() needs a phase: caffe.Net(model, caffe.TEST) or caffe.Net(model, weights, caffe.TEST)")
         self.log = log or GlogLogger()
         self.accel = accel
+        self.fault_key = None              # (phase, iteration, pass_) of the next forward, set by a solver
+        self._forward_count = 0            # a standalone net's pass counter (faults.md §3.1)
         self.rng = _new_rng(rng)
         if isinstance(network_file, caffe_pb2.NetParameter):
             param = caffe_pb2.NetParameter()
@@ -323,6 +325,8 @@ class Net:
     def forward_from_to(self, start, end):
         """Net::ForwardFromTo: run layers start..end inclusive; return the weighted loss (float32 sums)."""
         loss = np.float32(0)
+        if self.accel is not None and start == 0:
+            self._begin_accel_pass()
         for i in range(start, end + 1):
             layer = self.layers[i]
             bottom, top = self._bottoms(i), self._tops(i)
@@ -336,6 +340,15 @@ class Net:
                     top[j].diff[...] = w  # Caffe keeps the weight in the loss top's diff
                     loss += np.float32(w) * np.float32(top[j].data.sum(dtype=np.float32))
         return float(loss)
+
+    def _begin_accel_pass(self):
+        """A new fault plan per forward (faults.md §3.1): the key a solver set, else (the net's phase, 0, a
+        counter of this net's forwards)."""
+        key = self.fault_key
+        if key is None:
+            key = (1 if self.phase == TEST else 0, 0, self._forward_count)
+            self._forward_count += 1
+        self.accel.begin_pass(*key)
 
     def backward_from_to(self, start, end):
         """Net::BackwardFromTo: layers start down to end, only those that need backward."""

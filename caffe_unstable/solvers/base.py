@@ -117,7 +117,8 @@ class Solver(abc.ABC):
                 on_start()
             display = p.display and self.iter % p.display == 0
             loss = f32(0)
-            for _ in range(p.iter_size):
+            for sub in range(p.iter_size):
+                self.net.fault_key = (0, self.iter, sub)        # faults.md §3.1: plans follow solver state
                 loss += f32(self.net.forward_backward())
             loss /= f32(p.iter_size)
             self._update_smoothed_loss(loss, start_iter)
@@ -151,6 +152,7 @@ class Solver(abc.ABC):
             return
         if p.display and self.iter % p.display == 0:
             # Net::Forward only: the parameters were already updated max_iter times (consumes a batch)
+            self.net.fault_key = (0, self.iter, 0)
             loss = f32(self.net.forward_prefilled())
             self._update_smoothed_loss(loss, start_iter)
             self.log.info(f"Iteration {self.iter}, loss = {format_value(self._smoothed_loss)}", "solver.cpp:327")
@@ -198,7 +200,7 @@ class Solver(abc.ABC):
         outputs = _output_table(test_net)
         iterations = self.param.test_iter[test_net_id]
         scores, loss = None, f32(0)
-        for _ in range(iterations):
+        for batch in range(iterations):
             request = self._requested_action()
             while request != NONE:
                 if request == SNAPSHOT:
@@ -208,6 +210,7 @@ class Solver(abc.ABC):
                 request = self._requested_action()
             if self._requested_early_exit:
                 break
+            test_net.fault_key = (1 + test_net_id, self.iter, batch)
             iter_loss = f32(test_net.forward_prefilled())
             if self.param.test_compute_loss:
                 loss += iter_loss

@@ -219,8 +219,8 @@ def test_open_errors(shared):
         caffe.accel.open("numba", vec=8)
     with pytest.raises(CaffeUnstableError, match=r"unknown accelerator backend 'fpga' \(known: float, numba\)"):
         caffe.accel.open("fpga")
-    with pytest.raises(CaffeUnstableError, match="fault injection"):
-        caffe.accel.open("numba", ser=1e-5)
+    with pytest.raises(CaffeUnstableError, match="fault injection needs the simulated accelerator"):
+        caffe.accel.open("float", ser=1e-5)
     assert caffe.accel.open("float") is None
 
 
@@ -249,8 +249,9 @@ def test_weights_are_requantised_after_an_update(shared):
 
 
 def test_fixed_events_reach_the_mac_order_loop(shared):
-    """acc.fixed_events: MAC-register fault records per layer (the hook fault plans use), replayed on every forward
-    through the MAC-order path; the faulty output equals the reference register loop."""
+    """acc.fixed_events: MAC-register fault records per layer, replayed on every forward (the fast path with the
+    exact faults.md §4.4 corrections under "auto", the register loop under "mac"); the faulty output equals the
+    reference register loop either way."""
     from caffe_unstable.accel import reference
     from caffe_unstable.accel.geometry import mac_events
 
@@ -262,9 +263,14 @@ def test_fixed_events_reach_the_mac_order_loop(shared):
     acc.fixed_events["conv2"] = mac_events([(0, 3, 1, 2, 40, "accumulator", 30), (1, 7, 0, 0, 5, "product", 12),
                                             (2, 0, 7, 7, 0, "final", 31)])
     net.forward()
-    assert acc.last_stats["conv2"] == {"path": "mac", "mac_flips": 3}
-    assert acc.last_stats["conv1"] == {"path": "fast", "mac_flips": 0}
-    faulty = net.blobs["conv2"].data
+    assert (acc.last_stats["conv2"]["path"], acc.last_stats["conv2"]["mac_flips"]) == ("fast", 3)
+    assert (acc.last_stats["conv1"]["path"], acc.last_stats["conv1"]["mac_flips"]) == ("fast", 0)
+    faulty = net.blobs["conv2"].data.copy()
+    acc.path = "mac"
+    net.forward()
+    assert acc.last_stats["conv2"]["path"] == "mac" and np.array_equal(net.blobs["conv2"].data, faulty)
+    acc.path = "auto"
+    assert acc.last_stats["conv2"]["outputs_changed"] == int((faulty != clean).sum())
     changed = np.argwhere(faulty != clean)
     assert {tuple(c) for c in changed} <= {(0, 3, 1, 2), (1, 7, 0, 0), (2, 0, 7, 7)} and len(changed) >= 2
     layer = net.layer_dict["conv2"]

@@ -1,18 +1,23 @@
 """cu-test against real `caffe test` runs: golden/training/lenet_fmnist_test.log (LeNet, all 10,000 Fashion-MNIST
-test images, LMDBs built by cu-data) and golden/solvers/logs/sgd_step_caffe_test.log (tiny LeNet, HDF5 data)."""
+test images, LMDBs built by cu-data) and golden/solvers/logs/sgd_step_caffe_test.log (tiny LeNet, HDF5 data); fault
+options and canary checks (faults.md §9) on the numba accelerator."""
 import json
 import re
+from pathlib import Path
 
 import lmdb
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from caffe_unstable.accel.faults.canaries import CanarySet
+from caffe_unstable.cli.characterize import main as characterize
 from caffe_unstable.cli.test import main
 from caffe_unstable.proto import caffe_pb2
 from tests.fmnist import build_lmdb, glog_messages, lenet_train_test
 
 F32 = np.float32
+TABLES = Path(__file__).resolve().parents[2] / "models/quant"
 NUMBER = re.compile(r"-?\d+(?:\.\d*)?(?:e[+-]\d+)?")
 
 
@@ -118,11 +123,20 @@ def test_wrong_sized_records_are_one_line(shared, tmp_path):
                                                "net, rename the layer.")
 
 
-def test_sweeps_are_refused_for_now(tmp_path):
-    code, err = cu_test("--model", "m.prototxt", "--weights", "w.caffemodel", "--freq", "210:280:10")
-    assert (code, err) == (1, "error: --freq: sweeps (210:280:10) are not supported yet; give a single value\n")
-    code, err = cu_test("--model", "m.prototxt", "--weights", "w.caffemodel", "--ser", "1e-7:1e-4:0.5")
-    assert (code, err) == (1, "error: --ser: sweeps (1e-7:1e-4:0.5) are not supported yet; give a single value\n")
+def test_freq_and_ser_together_are_refused():
+    code, err = cu_test("--model", "m.prototxt", "--weights", "w.caffemodel", "--freq", "260", "--ser", "1e-5")
+    assert (code, err) == (1, "error: --freq and --ser are exclusive; put soft errors in the profile to combine "
+                              "them\n")
+    code, err = cu_test("--model", "m.prototxt", "--weights", "w.caffemodel", "--freq", "210:280:10", "--ser", "1e-5")
+    assert (code, err) == (1, "error: --freq and --ser are exclusive; put soft errors in the profile to combine "
+                              "them\n")
+
+
+def test_bad_sweeps_are_one_line():
+    code, err = cu_test("--model", "m.prototxt", "--weights", "w.caffemodel", "--ser", "0:1e-3:0.5")
+    assert (code, err) == (1, "error: --ser: a rate sweep steps in log10 and needs LO > 0, got '0:1e-3:0.5'\n")
+    code, err = cu_test("--model", "m.prototxt", "--weights", "w.caffemodel", "--freq", "280:210:10")
+    assert (code, err) == (1, "error: --freq: a sweep needs LO <= HI and STEP > 0, got '280:210:10'\n")
 
 
 def test_means_are_float32_sums_over_int_counts():
@@ -143,6 +157,151 @@ def test_means_are_float32_sums_over_int_counts():
 
     from caffe_unstable.log import NullLogger
 
-    means, loss = run_batches(FakeNet(), 3, NullLogger())
+    means, loss, tally = run_batches(FakeNet(), 3, NullLogger())
+    assert tally is None
     expected = (F32(0.1) + F32(0.1) + F32(0.1)) / F32(3)
     assert means["accuracy"].dtype == F32 and means["accuracy"][0] == expected and loss == expected
+
+
+def test_a_sweep_runs_every_point_on_the_same_images(shared, tmp_path, lenet_model):
+    """--ser LO:HI:STEP (log10 step): the clean baseline, then each rate, same seed; CSV + PNG next to --json."""
+    weights = shared / "golden/nets/lenet/lenet_fmnist_iter_500.caffemodel"
+    quant = TABLES / "lenet.quant.yaml"
+    out = tmp_path / "sweep.json"
+    code, err = cu_test("--model", lenet_model, "--weights", weights, "--quant", quant, "--iterations", 2,
+                        "--ser", "1e-6:1e-3:1.5", "--seed", 5, "--json", out)
+    assert code == 0, err[-2000:]
+    report = json.loads(out.read_text())
+    assert [r["ser"] for r in report["rows"]] == pytest.approx([None, 1e-6, 10 ** -4.5, 1e-3])
+    assert report["seed"] == 5 and report["images"] == 200
+    flips = [r["faults"]["mac_flips"] for r in report["rows"][1:]]
+    assert 0 <= flips[0] < flips[1] < flips[2]
+    rows = (tmp_path / "sweep.csv").read_text().splitlines()
+    assert rows[0].startswith("ser,images,accuracy,loss,accuracy_se,mac_flips,")
+    assert [r.split(",")[0] for r in rows[1:]] == ["clean", "1e-06", "3.16228e-05", "0.001"]
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_faults_reach_the_log_json_and_fault_log(shared, tmp_path, lenet_model):
+    weights = shared / "golden/nets/lenet/lenet_fmnist_iter_500.caffemodel"
+    out, flog = tmp_path / "r.json", tmp_path / "f.jsonl"
+    code, err = cu_test("--model", lenet_model, "--weights", weights, "--quant", TABLES / "lenet.quant.yaml",
+                        "--iterations", 2, "--ser", "1e-4", "--seed", 9, "--json", out, "--fault-log", flog,
+                        "--fault-layers", "conv2,ip1")
+    assert code == 0, err[-2000:]
+    messages = [m for _, m in glog_messages(err, files=("faults.cpp",))]
+    assert ("Fault model: mac_flip, rate 0.0001 per MAC, site product, bits [0, 17], count hardware, "
+            "N_MAC/image 2,473,984 (247 flips expected), seed 9") in messages
+    assert any(m.startswith("Faults TEST 0: mac_flips ") for m in messages)
+    report = json.loads(out.read_text())
+    assert (report["accel"], report["ser"], report["seed"], report["images"]) == ("numba", 1e-4, 9, 200)
+    records = [json.loads(line) for line in flog.read_text().splitlines()]
+    assert [(r["pass"], r["layer"]) for r in records] == [(p, name) for p in (0, 1)
+                                                          for name in ("conv1", "conv2", "ip1", "ip2")]
+    assert [r["mac_flips"] > 0 for r in records] == [False, True, True, False] * 2      # only --fault-layers
+    assert all(r["phase"] == 1 and r["images"] == 100 for r in records)
+    assert report["faults"]["mac_flips"] == pytest.approx(sum(r["mac_flips"] for r in records) / 200)
+
+
+def test_fault_layers_must_be_accelerated_layers(shared, tmp_path, lenet_model):
+    weights = shared / "golden/nets/lenet/lenet_fmnist_iter_500.caffemodel"
+    code, err = cu_test("--model", lenet_model, "--weights", weights, "--quant", TABLES / "lenet.quant.yaml",
+                        "--iterations", 1, "--ser", "1e-4", "--fault-layers", "pool1")
+    assert (code, err.splitlines()[-1]) == (1, "error: --fault-layers: layer 'pool1' is not an accelerated "
+                                               "Convolution/InnerProduct layer of net 'LeNet' (those are: conv1, "
+                                               "conv2, ip1, ip2)")
+
+
+# -- canaries (faults.md §9) ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def canary_setup(shared, tmp_path_factory, fmnist_test_lmdb):
+    """(model, weights, set): LeNet and 16 canaries from its first TEST batch, expected exact at the safe clock."""
+    folder = tmp_path_factory.mktemp("canaries")
+    model = folder / "lenet_train_test.prototxt"
+    model.write_text(lenet_train_test(shared, folder / "no_train_lmdb", fmnist_test_lmdb))
+    weights = shared / "golden/nets/lenet/lenet_fmnist_iter_500.caffemodel"
+    out = folder / "lenet.canaries.npz"
+    result = CliRunner().invoke(characterize, [str(a) for a in (
+        "canaries", "--model", model, "--weights", weights, "--quant", TABLES / "lenet.quant.yaml",
+        "--iterations", 1, "--freq", 210, "--seed", 3, "--out", out)])
+    assert result.exit_code == 0, result.stderr
+    return model, weights, out
+
+
+def canary_lines(err):
+    return [m for _, m in glog_messages(err, files=("faults.cpp",)) if m.startswith("Canary check")]
+
+
+def test_canaries_at_the_safe_clock_are_exact(canary_setup, tmp_path):
+    model, weights, canaries = canary_setup
+    out = tmp_path / "r.json"
+    code, err = cu_test("--model", model, "--weights", weights, "--quant", TABLES / "lenet.quant.yaml",
+                        "--iterations", 3, "--freq", 210, "--seed", 1, "--canaries", canaries, "--canary-every", 2,
+                        "--canary-strict", "--json", out)
+    assert code == 0, err[-2000:]
+    ok = "level 0 exact (exact 16/16, top-1 16/16, top-5 16/16; expected 0): OK"
+    assert canary_lines(err) == [f"Canary check 0 (before the first batch): {ok}",
+                                 f"Canary check 1 (after batch 2): {ok}", f"Canary check 2 (after batch 3): {ok}"]
+    report = json.loads(out.read_text())
+    assert [(c["check"], c["after_batch"], c["level"], c["exact"], c["expected"], c["drift"])
+            for c in report["canaries"]] == [(0, None, 0, 16, 0, False), (1, 2, 0, 16, 0, False),
+                                             (2, 3, 0, 16, 0, False)]
+    assert report["outputs"]["accuracy"] == pytest.approx(0.816667, abs=1e-6)     # the batches are untouched
+
+
+def test_canaries_under_heavy_soft_errors_drift_and_strict_exits_3(canary_setup, tmp_path):
+    """--ser 1e-3 with accumulator flips (~2,500 per LeNet image): no check is exact; the set has no expectation
+    at this point, so level >= 2 is a drift, and --canary-strict makes the exit code 3 after the run."""
+    model, weights, canaries = canary_setup
+    out = tmp_path / "r.json"
+    args = ("--model", model, "--weights", weights, "--quant", TABLES / "lenet.quant.yaml", "--iterations", 2,
+            "--ser", "1e-3", "--seed", 1, "--canaries", canaries, "--json", out)
+    code, err = cu_test(*args)
+    assert code == 0, err[-2000:]
+    checks = json.loads(out.read_text())["canaries"]
+    assert [c["after_batch"] for c in checks] == [None, 2]
+    assert all(c["level"] >= 2 and c["exact"] < 16 and c["drift"] and c["expected"] is None for c in checks)
+    assert all(line.endswith("): DRIFT") and "; expected" not in line for line in canary_lines(err))
+    code, err = cu_test(*args, "--canary-strict")
+    assert code == 3 and err.splitlines()[-1] == "warning: --canary-strict: 2 of 2 canary checks drifted"
+    assert json.loads(out.read_text())["outputs"]["accuracy"] < 0.4               # the run itself completed
+
+
+def test_the_profiles_canary_set(canary_setup, tmp_path):
+    model, weights, canaries = canary_setup
+    profile = tmp_path / "board.devprofile.yaml"
+    shipped = (Path(__file__).resolve().parents[2] / "caffe_unstable/profiles/pipecnn_kcu1500.devprofile.yaml")
+    profile.write_text(shipped.read_text() + f"canaries: {{set: {canaries}, degraded_min: 0.8}}\n")
+    code, err = cu_test("--model", model, "--weights", weights, "--quant", TABLES / "lenet.quant.yaml",
+                        "--iterations", 1, "--profile", profile, "--freq", 210, "--canaries", "profile")
+    assert code == 0, err[-2000:]
+    assert len(canary_lines(err)) == 2 and all(line.endswith("expected 0): OK") for line in canary_lines(err))
+    code, err = cu_test("--model", model, "--weights", weights, "--quant", TABLES / "lenet.quant.yaml",
+                        "--iterations", 1, "--freq", 210, "--canaries", "profile")
+    assert (code, err.splitlines()[-1]) == (1, "error: --canaries profile: profile pipecnn_kcu1500 has no "
+                                               "canaries.set (give --profile P with a canaries: {set: ...} entry, "
+                                               "or a *.canaries.npz path)")
+
+
+def test_a_set_for_another_model_is_refused(canary_setup, tmp_path):
+    model, weights, canaries = canary_setup
+    other = tmp_path / "other.prototxt"
+    other.write_text(model.read_text().replace('name: "LeNet"', 'name: "LeNet2"'))
+    code, err = cu_test("--model", other, "--weights", weights, "--quant", TABLES / "lenet.quant.yaml",
+                        "--iterations", 1, "--canaries", canaries)
+    sha = CanarySet.load(canaries).meta["model_sha256"]
+    assert (code, err.splitlines()[-1]) == (1, f"error: {canaries}: canary set was made for a different model "
+                                               f"(sha256 {sha})")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--canary-strict",), "--canary-strict: needs --canaries PATH"),
+    (("--canaries", "set.npz", "--ser", "1e-6:1e-4:1"), "--canaries: canary checks run at one operating point; "
+                                                         "not with a sweep"),
+    (("--canaries", "set.npz"), "--canaries: canary checks run on the accelerator (--accel numba with --quant, or "
+                                "--freq/--ser/--profile)"),
+])
+def test_canary_option_refusals(canary_setup, args, message):
+    model, weights, _ = canary_setup
+    code, err = cu_test("--model", model, "--weights", weights, "--iterations", 1, *args)
+    assert (code, err.splitlines()[-1]) == (1, f"error: {message}")

@@ -79,7 +79,7 @@ def test_bad_phase_and_missing_model(solvers):
     assert (code, err.splitlines()[-1]) == (1, "error: none.prototxt: no such file (NetParameter prototxt)")
 
 
-def test_sweeps_are_refused_for_now():
+def test_sweeps_are_for_cu_test_only():
     code, err = cu_time("--model", "m.prototxt", "--freq", "200:300:10")
-    assert (code, err) == (1, "error: --freq: sweeps (200:300:10) are not supported yet; give a single value\n")
+    assert (code, err) == (1, "error: --freq: sweeps (200:300:10) are for cu-test; give a single value\n")
 

@@ -391,7 +391,8 @@ def test_seed_overrides_random_seed_and_accel_goes_through_open_accel(tmp_path, 
     code, stderr = cu_train("tiny_solver.prototxt", "--seed", 42, "--accel", "numba", "--freq", "250")
     assert code == 0, stderr
     assert "random_seed: 42\n" in stderr
-    assert opened == {"accel": "numba", "quant": None, "freq": "250", "ser": None, "profile": None, "seed": 42}
+    assert opened == {"accel": "numba", "quant": None, "freq": "250", "ser": None, "profile": None, "seed": 42,
+                      "fault_layers": None}
     assert len(made) == 1 and isinstance(made[0], FakeAccel)
 
 

@@ -12,6 +12,7 @@ from .memory import MemoryFlips
 from .plan import FaultPlan, LayerOp, LayerPlan, TimingPlan, output_offsets
 from .profile import DeviceProfile
 from .rate import RateTiming, rate_corrected_sums
+from .reference_layer import reference_layer
 from .rng import PassKey, generator, sample_distinct
 from .sampler import models_for, sample_plan
 from .stuck_at import StuckAt
@@ -23,4 +24,5 @@ MODELS = {"carry_horizon": CarryHorizon, "rate": RateTiming, "mac_flip": MacFlip
 __all__ = ["MODELS", "CarryHorizon", "DeviceProfile", "FaultPlan", "LayerOp", "LayerPlan", "MacFlip", "MemoryFlips",
            "PassKey", "RateTiming", "StuckAt", "TimingPlan", "add_horizon", "ch_add", "conv_geometry",
            "corrected_sums", "first_failure_mhz", "generator", "geometry_from", "horizon_k", "k_thresholds",
-           "models_for", "output_groups", "output_offsets", "rate_corrected_sums", "sample_distinct", "sample_plan"]
+           "models_for", "output_groups", "output_offsets", "rate_corrected_sums", "reference_layer", "sample_distinct",
+           "sample_plan"]

@@ -23,6 +23,13 @@ def model_sha256(prototxt_bytes, weights_bytes):
     return hashlib.sha256(bytes(prototxt_bytes) + bytes(weights_bytes)).hexdigest()
 
 
+def quant_sha256(formats):
+    """sha256 of a quantization table's formats ({layer: LayerFormat}), independent of its file's comments and
+    order (the set's `quant_sha256`)."""
+    rows = {name: [f.frac_w, f.frac_din, f.frac_dout, f.w_bits] for name, f in formats.items()}
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def top5(outputs):
     """Indices of the 5 largest values per row, largest first (ties: lower index first, a stable order)."""
     outputs = np.asarray(outputs)

@@ -81,6 +81,32 @@ def read_measurements(path):
         return check_rows([(i, r) for i, r in enumerate(reader, start=2)], str(path))
 
 
+COLUMNS = ("mhz", "vector_class", "chain_len", "lane", "trials", "errors", "macs_per_trial", "visible_fraction",
+           "repeat")
+
+
+def write_measurements(path, rows, append=False):
+    """Write count rows as CSV with the §8.2 columns (`COLUMNS`, None -> empty cell), atomically; with `append`
+    the rows go after those of an existing file, whose header must be the same."""
+    import io
+    from ...io.atomic import write_bytes
+    path = Path(path)
+    head = ""
+    if append and path.is_file() and path.stat().st_size:
+        head = path.read_text(encoding="utf-8")
+        if head.splitlines()[0].split(",") != list(COLUMNS):
+            raise CaffeUnstableError(f"{path}:1", f"cannot append: the header is not {','.join(COLUMNS)}")
+        if not head.endswith("\n"):
+            head += "\n"
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
+    if not head:
+        writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in COLUMNS})
+    write_bytes(path, (head + buf.getvalue()).encode("utf-8"))
+
+
 def carry_arrays(rows, lane_num):
     """(T, ell, lane, trials, errors) of the carry rows; lane −1 = spread over all lanes."""
     rows = [r for r in rows if r["vector_class"] == "carry"]
@@ -104,15 +130,26 @@ def q_tail(z):
 def carry_p(t0, tau, sigma, deltas, T, ell, lane):
     """p per carry row and dp/d(t0, ln τ, ln σ, δ_0 … δ_{L−1}) (rows without a lane: mean over lanes)."""
     deltas = np.asarray(deltas, float)
-    z = (T[:, None] - t0 - deltas[None, :] - ell[:, None] * tau) / sigma          # [rows, lanes]
+    lanes = len(deltas)
+    # a row with a lane depends on its own lane only: evaluate Q there, not over every lane (the --fit-lanes
+    # Hessian takes hundreds of evaluations)
+    lane_of = np.where(lane >= 0, lane, 0)
+    spread = np.flatnonzero(lane < 0)
+    z = (T - t0 - deltas[lane_of] - ell * tau) / sigma
     q, dq = q_tail(z), -_phi(z)
-    onehot = np.where(lane[:, None] >= 0, (np.arange(len(deltas))[None, :] == lane[:, None]).astype(float),
-                      1.0 / len(deltas))
-    p = (q * onehot).sum(1)
-    grad = np.stack([(dq * onehot * (-1 / sigma)).sum(1), (dq * onehot * (-ell[:, None] * tau / sigma)).sum(1),
-                     (dq * onehot * (-z)).sum(1)], axis=1)
-    grad_delta = dq * onehot * (-1 / sigma)
-    return p, np.concatenate([grad, grad_delta], axis=1)
+    grad = np.zeros((len(T), 3 + lanes))
+    grad[:, 0], grad[:, 1], grad[:, 2] = dq * (-1 / sigma), dq * (-ell * tau / sigma), dq * (-z)
+    grad[np.arange(len(T)), 3 + lane_of] = dq * (-1 / sigma)
+    p = q
+    if spread.size:
+        zs = (T[spread, None] - t0 - deltas[None, :] - ell[spread, None] * tau) / sigma       # [rows, lanes]
+        qs, dqs = q_tail(zs), -_phi(zs)
+        p[spread] = qs.mean(1)
+        grad[spread, 0] = (dqs * (-1 / sigma)).mean(1)
+        grad[spread, 1] = (dqs * (-ell[spread, None] * tau / sigma)).mean(1)
+        grad[spread, 2] = (dqs * (-zs)).mean(1)
+        grad[spread, 3:] = dqs * (-1 / sigma) / lanes
+    return p, grad
 
 
 def loglik(p, trials, errors):
@@ -222,6 +259,9 @@ def fit_carry(rows, base, lane_num=16, fit_lanes=False):
         raise CaffeUnstableError("measurements", "no errors observed; raise the clock")
     if len(set(ell[e > 0].tolist())) < 2:
         raise CaffeUnstableError("measurements", "cannot identify tau: errors at one chain length only")
+    if len(set(T.tolist())) < 2:       # one clock fixes (T − t0)/σ and τ/σ only: t0, τ and σ are confounded
+        raise CaffeUnstableError("measurements", "cannot identify t0: carry rows at one clock only; measure at two "
+                                                 "or more clocks")
     lanes = lane_num if fit_lanes else 1
     lane_used = lane if fit_lanes else np.where(lane >= 0, 0, -1)
     t0, tau, sigma = base

@@ -171,6 +171,27 @@ class DeviceProfile:
         return isinstance(other, DeviceProfile) and self.data == other.data
 
 
+def rebase_files(data, base, out_path):
+    """A profile derived from `base` and written to `out_path` (fit, calibrate): the files `base` names are
+    relative to its folder, so they are re-anchored at the new profile's folder (in place; returns data)."""
+    folder = Path(out_path).resolve().parent
+
+    def moved(relative):
+        return Path(os.path.relpath(base.resolve(relative).resolve(), folder)).as_posix()
+
+    if data["canaries"] is not None:
+        data["canaries"]["set"] = moved(data["canaries"]["set"])
+    if data["permanent"]["stuck_at_file"] is not None:
+        data["permanent"]["stuck_at_file"] = moved(data["permanent"]["stuck_at_file"])
+    return data
+
+
+def stem(out_path):
+    """A profile file's default name: its file name without .devprofile.yaml (faults.md §7.1)."""
+    name = Path(out_path).name
+    return name[:-len(SUFFIX)] if name.endswith(SUFFIX) else Path(out_path).stem
+
+
 def _csv_int(cell, path, line, key):
     try:
         return int(cell)

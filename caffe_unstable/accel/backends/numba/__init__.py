@@ -1,8 +1,9 @@
 """The numba backend: PipeCNN simulated bit for bit on the CPU (pipecnn.md §10), `cache=True` kernels.
 
-Device memory is a dict of NumPy buffers per slot, in PipeCNN's layouts (accel/layouts.py). A conv launch runs
-the exact GEMM path (conv.py) unless it carries MAC fault records or asks for path="mac", which runs the
-register-level MAC-order loop (mac.py); both give identical clean results (tested on every layer of the nets).
+Device memory is a dict of NumPy buffers per slot, in PipeCNN's layouts (accel/layouts.py). A clean conv launch
+runs the exact GEMM path (conv.py), or the register-level MAC-order loop (mac.py) when it asks for path="mac"; both
+give identical clean results (tested on every layer of the nets). A launch with a fault plan goes through
+plan_conv.py, which picks the path per output (GEMM plus exact corrections, or the register loop).
 """
 import numpy as np
 
@@ -11,7 +12,7 @@ from ... import layouts, lrn_table
 from ...geometry import check_events
 from ...interface import Backend
 from ...quant import bias_term, fixed_range
-from . import conv, fixed, mac, pool_lrn
+from . import conv, fixed, mac_run, plan_conv, pool_lrn
 from .threads import split
 
 
@@ -136,27 +137,26 @@ class NumbaBackend(Backend):
         if g.vec != self.hw.vec_size or g.lane != self.hw.lane_num or g.pipe != self.hw.pipe_depth:
             raise errors.CaffeUnstableError(launch.slot, "launch_accelerator: geometry built for another "
                                                          "VEC/LANE/PIPE_DEPTH than this accelerator's")
+        out = np.zeros((g.N, g.Ob, g.Ho, g.Wo, g.vec), np.int8)
+        plan, legacy = launch.plan, False
+        if launch.events is not None and len(launch.events):
+            check_events(launch.events, g, self.hw)
+            legacy = plan is None          # the older shorthand keeps its routing: the MAC-order loop
+            plan = plan_conv.legacy_plan(launch.events) if legacy else plan_conv.with_events(plan, launch.events)
+        if plan is not None and (not plan.is_empty() or launch.path == "mac"):
+            launch.stats.update(plan_conv.PlanConv(self, mem, launch, plan, legacy).run(out))
+            return out
         bdev = mem.get("bias") if stage.has_bias else None
         b = layouts.bias_recover(bdev, g).astype(np.int64) if bdev is not None else np.zeros(g.O, np.int64)
         rb = bias_term(b, stage.fmt.m) if bdev is not None else b
-        out = np.zeros((g.N, g.Ob, g.Ho, g.Wo, g.vec), np.int8)
-        events = launch.events
-        path = launch.path
-        if path == "auto":
-            path = "mac" if events is not None and len(events) else "fast"
-        if path == "mac":
-            if events is not None:
-                check_events(events, g, self.hw)
-            mac.conv_mac_order(mem["input"], wdev, rb, stage, self.hw, events, out)
+        if launch.path == "mac":
+            mac_run.conv_mac_order(mem["input"], wdev, rb, stage, self.hw, out)
         else:
-            if events is not None and len(events):
-                raise errors.CaffeUnstableError(launch.slot, "the fast path cannot apply MAC fault records; "
-                                                             "use path 'mac' or 'auto'")
             cached = mem.get("_weights")
             if cached is None or not cached.matches(wdev, g):
                 cached = mem["_weights"] = conv.ConvWeights(wdev, g)
             conv.conv_fast(mem["input"], cached, rb, stage, out, launch.sums_hook, self._scratch_buffer)
-        launch.stats["path"] = path
+        launch.stats["path"] = "mac" if launch.path == "mac" else "fast"
         return out
 
 

@@ -1,19 +1,28 @@
 """The MAC-order conv path of the numba backend: faults.md §1.2's register loop, compiled (pipecnn.md §2.2-§2.4).
 
-Per output (n, o, y, x) and lane: for t in [0, L) in PipeCNN's step order (channel-vector group, ky, kx; kx
-fastest) m_t = the VEC-wide dot product formed as VEC/4 four-product DSP results added in order; A_(t mod P) +=
-m_t (int32, wrapping); S = A_(L-1) + A_(L-2) + ... + A_(L-P); then the §1.5 conversion and fused ReLU.
+Per output (n, o, y, x): for t in [0, L) in PipeCNN's step order (channel-vector group, ky, kx; kx fastest) m_t =
+the VEC-wide dot product formed as VEC/4 four-product DSP results added in order; A_(t mod P) += m_t (int32,
+wrapping); S = A_(L-1) + A_(L-2) + ... + A_(L-P); then the §1.5 conversion and fused ReLU. Every datapath fault of
+a plan acts inline here: stuck multiplier bits, carry-horizon adds (adder tree, accumulate, final reduce; §5),
+product flips and stuck product bits, rate errors, accumulator flips and stuck bits, final flips.
 
-This is where MAC-register faults act: `ev_*` are a layer's records (geometry.MAC_EVENT_DTYPE, sorted by output),
-applied as flips of m_t (site 0 'product', before the accumulate add), A_t (site 1 'accumulator', after it) and S
-(site 2 'final', before the conversion), each read from the register's current (faulty) value. Registers hold int32
-values; `width_*` only choose the sign bit of a flip (faults.md §1.1). Empty event arrays give the clean result,
-which equals conv.py's GEMM path exactly.
+Why two passes per step: a step is first done for all channels of one output position at once in plain int
+arithmetic (small helpers whose loops LLVM vectorises), with a cheap test that flags every add that can have a
+late carry at the smallest horizon any add of the image can get (late bits at K are a subset of those at any
+K' < K, §5.2); only the flagged adds, the steps with fault records and the lanes with stuck bits are then redone
+one by one with the full semantics (and the per-add SplitMix64 draw, §3.3). A tile is TILE output positions of
+one group, which share the weights of each step while they are in cache. The clean value of an output (for
+outputs_changed) is its faulty sum less the changes the second pass and the final reduction made.
 """
 import numpy as np
 from numba import njit
 
-from .threads import split
+M32 = 0xFFFFFFFF
+GAMMA = np.uint64(0x9E3779B97F4A7C15)
+MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+MIX2 = np.uint64(0x94D049BB133111EB)
+TILE = 8                # output positions per tile
+NO_STEP = 1 << 30       # "no more fault records" for an output
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -33,6 +42,11 @@ def _flip(v, b, w):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _force(v, b, val, w):
+    return v if ((v >> b) & 1) == val else _flip(v, b, w)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _convert(acc, rb, n, relu):
     # the §1.5 closed form; a copy of conv.py's (numba's cache does not see edits to other modules)
     r1 = (acc + (np.int64(1) << (n - 1))) >> n
@@ -48,77 +62,465 @@ def _convert(acc, rb, n, relu):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def conv_mac(x, wdev, rb, o_total, og, po, pipe, sh, sw, ph, pw, ho, wo, nsh, relu,
-             ev_key, ev_t, ev_site, ev_bit, width_p, width_a, width_f, out, o0, o1):
-    """x (N, group, Cb, H, W, VEC) int8, wdev (Z, Cb, Kh, Kw, LANE, VEC) int8, rb (O,) the rounded bias terms ->
-    out (N, Ob, Ho, Wo, VEC) int8. ev_key = ((n O + o) Ho + y) Wo + x per record, ascending."""
-    nimg, cb, h, w, vec = x.shape[0], x.shape[2], x.shape[3], x.shape[4], x.shape[5]
-    kh, kw, lane = wdev.shape[2], wdev.shape[3], wdev.shape[4]
-    steps = cb * kh * kw
-    vecb = out.shape[4]
-    for o in range(o0, o1):
-        j = o // og
-        op = o + po
-        z, ln = op // lane, op % lane
-        acc = np.zeros(pipe, np.int64)
-        for n in range(nimg):
-            for y in range(ho):
-                for xo in range(wo):
-                    key = ((n * o_total + o) * ho + y) * wo + xo
-                    e0 = np.searchsorted(ev_key, key)
-                    e1 = e0
-                    while e1 < len(ev_key) and ev_key[e1] == key:
-                        e1 += 1
-                    acc[:] = 0
-                    for t in range(steps):
-                        gb = t // (kh * kw)
-                        ky = (t % (kh * kw)) // kw
-                        kx = t % kw
-                        iy = y * sh - ph + ky
-                        ix = xo * sw - pw + kx
-                        m = np.int64(0)
-                        if 0 <= iy < h and 0 <= ix < w:
-                            for i in range(vec // 4):
-                                d = np.int64(0)
-                                for r in range(4):
-                                    v = 4 * i + r
-                                    d += np.int64(x[n, j, gb, iy, ix, v]) * np.int64(wdev[z, gb, ky, kx, ln, v])
-                                m = _wrap32(m + d)
-                        for e in range(e0, e1):
-                            if ev_t[e] == t and ev_site[e] == 0:
-                                m = _flip(m, np.int64(ev_bit[e]), width_p)
-                        r = t % pipe
-                        s = _wrap32(acc[r] + m)
-                        for e in range(e0, e1):
-                            if ev_t[e] == t and ev_site[e] == 1:
-                                s = _flip(s, np.int64(ev_bit[e]), width_a)
-                        acc[r] = s
-                    total = acc[(steps - 1) % pipe]
-                    for i in range(1, pipe):
-                        if steps - 1 - i >= 0:
-                            total = _wrap32(total + acc[(steps - 1 - i) % pipe])
-                    for e in range(e0, e1):
+def _saturates(acc, n):
+    r1 = (acc + (np.int64(1) << (n - 1))) >> n
+    return r1 >= 128 or r1 <= -129
+
+
+# -- the carry horizon (faults.md §5.1, §3.3) -------------------------------------------------------------------
+@njit(cache=True, nogil=True, error_model="numpy")
+def _late(a, b, K):
+    """Late-carry mask of the 32-bit add a + b under horizon K (0 when K >= 31)."""
+    if K >= 31:
+        return np.int64(0)
+    au, bu = a & M32, b & M32
+    p = au ^ bu
+    c = ((au + bu) & M32) ^ p
+    run = np.int64(M32)            # run_K by doubling (faults.md §5.2): R_2n = R_n & (R_n << n)
+    rn = (p << 1) & M32
+    off = 0
+    for i in range(5):
+        if K & (1 << i):
+            run &= (rn << off) & M32
+            off += 1 << i
+        rn &= (rn << (1 << i)) & M32
+    return c & run
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _ch_add(a, b, late, mode, prev):
+    """The sampled result of a + b with late mask `late`: 0 carry_dropped, 1 stale (prev's bits), 2 drop."""
+    s = (a + b) & M32
+    if late == 0:
+        return _wrap32(s)
+    if mode == 0:
+        return _wrap32(s ^ late)
+    if mode == 1:
+        return _wrap32((s & ~late & M32) | (prev & M32 & late))
+    return _wrap32(a)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _u32(key, ctr):
+    z = key + (ctr + np.uint64(1)) * GAMMA
+    z = (z ^ (z >> np.uint64(30))) * MIX1
+    z = (z ^ (z >> np.uint64(27))) * MIX2
+    return (z ^ (z >> np.uint64(31))) >> np.uint64(32)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _horizon(jit, n, lane, ctr, slack, clamp, k_lane, th, keys):
+    """K of one add: K_lane[n, lane], or 31 - #{j : u32(key_n, ctr) < thresholds[lane, j]}; plus the site's
+    slack, clamped to [0, 31] (final_reduce and adder_tree)."""
+    if jit:
+        u = _u32(keys[n], np.uint64(ctr))
+        cnt = 0
+        for j in range(31):
+            if u < th[lane, j]:
+                cnt += 1
+        K = np.int64(31 - cnt)
+    else:
+        K = k_lane[n, lane]
+    if clamp:
+        K = min(max(K + slack, 0), 31)
+    return K
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def run_masks(K):
+    """(shift, fill) per power 16, 8, 4, 2, 1 so that run_K = AND_i ((R_(2^i) << shift_i) | fill_i): the doubling
+    of faults.md §5.2 with loop-invariant terms (fill = all ones for an absent power)."""
+    sh = np.zeros(5, np.int64)
+    fill = np.full(5, M32, np.int64)
+    off = 0
+    for i in range(5):
+        pw = 16 >> i
+        if K & pw:
+            sh[i] = off
+            fill[i] = 0
+            off += pw
+    return sh, fill
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _late_fast(a, m, sh, fill):
+    """Nonzero iff the add a + m has a late carry at the filter's horizon (run_masks); branch-free."""
+    au, mu = a & M32, m & M32
+    p = au ^ mu
+    c = ((au + mu) & M32) ^ p
+    r1 = (p << 1) & M32
+    r2 = r1 & (r1 << 1)
+    r4 = r2 & (r2 << 2)
+    r8 = r4 & (r4 << 4)
+    r16 = r8 & (r8 << 8)
+    run = (((r16 << sh[0]) | fill[0]) & ((r8 << sh[1]) | fill[1]) & ((r4 << sh[2]) | fill[2])
+           & ((r2 << sh[3]) | fill[3]) & ((r1 << sh[4]) | fill[4]))
+    return c & run & M32
+
+
+# -- the loop ---------------------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True, error_model="numpy")
+def _exact_m(xq, wc, t, k, vec, lane, sm_lane, sm_vec, sm_bit, sm_val, tree, kf_tree, jit, n, ctr_step,
+             slack_tree, k_lane, th, keys):
+    """m_t of one output with stuck multiplier bits and the adder-tree horizon; -> (m, late adds)."""
+    m = np.int64(0)
+    lates = 0
+    for i in range(vec // 4):
+        d = np.int64(0)
+        for r in range(4):
+            v = 4 * i + r
+            p = xq[v] * np.int64(wc[t, v, k])
+            for e in range(len(sm_lane)):
+                if sm_lane[e] == lane and sm_vec[e] == v:
+                    p = _force(p, sm_bit[e], sm_val[e], 16)
+            d += p
+        if i == 0:
+            m = d
+        elif tree and _late(m, d, kf_tree) != 0:
+            K = _horizon(jit, n, lane, (ctr_step * (vec // 4) + i) * 4 + 2, slack_tree, True, k_lane, th, keys)
+            late = _late(m, d, K)
+            m = _ch_add(m, d, late, 0, 0)
+            lates += late != 0
+        else:
+            m = _wrap32(m + d)
+    return m, lates
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _next_step(pm, pm1, ev_t, ev_site, pr, pr1, rt_t):
+    """Step of an output's next product/accumulator or rate record (final records are applied at the end)."""
+    t = NO_STEP
+    while pm < pm1 and ev_site[pm] == 2:
+        pm += 1
+    if pm < pm1:
+        t = ev_t[pm]
+    if pr < pr1 and rt_t[pr] < t:
+        t = rt_t[pr]
+    return t
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _maybe_late(a, m, K):
+    """Whether the accumulate add a + m (int32 values) can have a late carry at horizon K: exact when both
+    operands lie in [-2^K, 2^K), True otherwise (faults.md §5.1-§5.2).
+
+    Why values suffice: in that range bits K..31 of each operand are copies of its sign, so no chain below bit
+    K is longer than K stages, and a longer one must run through the sign bits to bit 31: the signs differ
+    (p_31 = 1), the carry reaches bit 31 (the sum is >= 0) and bits 31-K..30 all propagate (p >> (31-K) == -1
+    in int32). Conversely those three make bit 31 late."""
+    if K >= 31:
+        return False
+    if K == 0:
+        return True
+    return ((((a >> K) + 1) >> 1) != 0 or (((m >> K) + 1) >> 1) != 0
+            or ((_wrap32(a ^ m) >> (31 - K)) == -1 and _wrap32(a + m) >= 0))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _dot_pass(xrow, wt, k0, kc, mv):
+    """mv[:kc] = m_t of every channel: input vector xrow times weights wt[:, k0:k0+kc] (zero inputs skipped)."""
+    first = True
+    for v in range(len(xrow)):
+        xv = np.int32(xrow[v])
+        if xv == 0:
+            continue
+        wv = wt[v, k0:k0 + kc]
+        if first:
+            for k in range(kc):
+                mv[k] = np.int32(xv * np.int32(wv[k]))
+            first = False
+        else:
+            for k in range(kc):
+                mv[k] = np.int32(mv[k] + np.int32(xv * np.int32(wv[k])))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _tree_pass(xrow, wt, k0, kc, mv, flk, sh, fill):
+    """mv[:kc] = m_t of every channel formed as the DSP sums D_0 + D_1 + ... in order; flk = whether any of
+    those adds can be late at the filter horizon (run_masks sh, fill). Returns whether any can."""
+    anyf = np.uint8(0)
+    for i in range(len(xrow) // 4):
+        x0, x1 = np.int32(xrow[4 * i]), np.int32(xrow[4 * i + 1])
+        x2, x3 = np.int32(xrow[4 * i + 2]), np.int32(xrow[4 * i + 3])
+        w0, w1, w2, w3 = wt[4 * i, k0:k0 + kc], wt[4 * i + 1, k0:k0 + kc], wt[4 * i + 2, k0:k0 + kc], \
+            wt[4 * i + 3, k0:k0 + kc]
+        for k in range(kc):
+            d = np.int32(x0 * np.int32(w0[k]) + x1 * np.int32(w1[k]) + x2 * np.int32(w2[k]) + x3 * np.int32(w3[k]))
+            if i == 0:
+                mv[k] = d
+                flk[k] = 0
+            else:
+                fl = np.uint8(_late_fast(np.int64(mv[k]), np.int64(d), sh, fill) != 0)
+                flk[k] |= fl
+                anyf |= fl
+                mv[k] = np.int32(mv[k] + d)
+    return anyf != 0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _acc_pass(arow, mv, flk, kc, K, keep):
+    """arow[:kc] += mv[:kc] (int32, wrapping); flk = (flk & keep) | whether the add can be late at horizon K.
+    Returns whether any can. K >= 31: none can; K < 16: the exact late mask; 16 <= K <= 30, the window test:
+    every run of K propagate bits inside bits 0..30 (which a late carry needs, faults.md §5.1) covers bits
+    31-K..K-1, so an add with a zero bit of p = a XOR m there has no late bit. The few adds it flags (crossings
+    that land near zero, operands near 2^31) are then decided exactly, one by one."""
+    f = np.int32(0)
+    if K >= 31:
+        for k in range(kc):
+            arow[k] = np.int32(arow[k] + mv[k])
+            flk[k] &= keep
+    elif K >= 16:
+        top, wmask = 31 - K, np.int32((1 << (2 * K - 31)) - 1)
+        for k in range(kc):
+            a = arow[k]
+            m = mv[k]
+            fl = np.int32((np.int32(np.int32(a ^ m) >> top) & wmask) == wmask)
+            flk[k] = (flk[k] & keep) | np.uint8(fl)
+            f |= fl
+            arow[k] = np.int32(a + m)
+    else:
+        sh, fill = run_masks(K)
+        for k in range(kc):
+            a = arow[k]
+            m = mv[k]
+            fl = np.int32(_late_fast(np.int64(a), np.int64(m), sh, fill) != 0)
+            flk[k] = (flk[k] & keep) | np.uint8(fl)
+            f |= fl
+            arow[k] = np.int32(a + m)
+    return f != 0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _fused4_pass(xrow, wt, k0, kc, arow, flk, K):
+    """VEC 4 and K >= 16: m_t, the add and _acc_pass's window test in one loop (for dense inputs: no m_t
+    array between passes)."""
+    x0, x1, x2, x3 = np.int32(xrow[0]), np.int32(xrow[1]), np.int32(xrow[2]), np.int32(xrow[3])
+    w0, w1, w2, w3 = wt[0, k0:k0 + kc], wt[1, k0:k0 + kc], wt[2, k0:k0 + kc], wt[3, k0:k0 + kc]
+    f = np.int32(0)
+    if K >= 31:
+        for k in range(kc):
+            arow[k] = np.int32(arow[k] + np.int32(x0 * np.int32(w0[k]) + x1 * np.int32(w1[k])
+                                                  + x2 * np.int32(w2[k]) + x3 * np.int32(w3[k])))
+            flk[k] = 0
+        return False
+    top, wmask = 31 - K, np.int32((1 << (2 * K - 31)) - 1)
+    for k in range(kc):
+        m = np.int32(x0 * np.int32(w0[k]) + x1 * np.int32(w1[k]) + x2 * np.int32(w2[k]) + x3 * np.int32(w3[k]))
+        a = arow[k]
+        fl = np.int32((np.int32(np.int32(a ^ m) >> top) & wmask) == wmask)
+        flk[k] = np.uint8(fl)
+        f |= fl
+        arow[k] = np.int32(a + m)
+    return f != 0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def loop_tiles(x, wc, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, kw, sh, sw, ph, pw, ho, wo, nsh, relu,
+               widths, jit, k_lane, th, keys, mode, kf, slack_fin, slack_tree, ev_key, ev_t, ev_site, ev_bit,
+               rt_key, rt_t, rt_bit, sm_lane, sm_vec, sm_bit, sm_val, sp_lane, sp_bit, sp_val, sa_lane, sa_bit,
+               sa_val, spec, out, flags, late_count, i0, i1):
+    """Items [i0, i1) of (group, tile): every output (n, ch[k], y, x) of the tile's positions through the §1.2 loop.
+
+    x (N, group, Cb, H, W, VEC) int8; wc (L, VEC, Kc) int8 the weights of channels ch (global o, sorted; group j
+    holds ch[gseg[j]:gseg[j+1]]); imgs: the images; kf (N, 3) the filter horizon of sites accumulate,
+    final_reduce, adder_tree (>= 31: the site never has a late add); ev_*/rt_*: MAC-flip and rate records keyed
+    ((n O + o) Ho + y) Wo + x, sorted; sm_/sp_/sa_: stuck multiplier, product, accumulator entries; spec[k]: the
+    lane of ch[k] has stuck bits. Writes out (N, Ob, Ho, Wo, VECo) int8, flags (N, O, Ho, Wo) (1 hit, 2 changed
+    from the clean value of these operands, 4 saturated) and late_count[item].
+
+    The clean value needs no second sum: every register is the sum of its inputs plus the changes faults made
+    on the way (modular adds pass them on unchanged), so clean S = faulty S - the changes, which only the second
+    pass and the final reduction make (dl).
+    """
+    cb, h, w, vec = x.shape[2], x.shape[3], x.shape[4], x.shape[5]
+    steps = wc.shape[0]
+    vec_out = out.shape[4]
+    wp, wa, wf = widths[0], widths[1], widths[2]
+    npos = len(imgs) * ho * wo
+    tiles = (npos + TILE - 1) // TILE
+    kmax = 0
+    for j in range(len(gseg) - 1):
+        kmax = max(kmax, gseg[j + 1] - gseg[j])
+    A = np.zeros((TILE, pipe, kmax), np.int32)
+    dl = np.zeros((TILE, kmax), np.int64)
+    mv = np.zeros(kmax, np.int32)
+    flk = np.zeros(-(-kmax // 8) * 8, np.uint8)   # per channel: the first pass flagged its add (1), records or
+    fw = flk.view(np.uint64)                       # stuck bits (2); scanned 8 at a time
+    spec_k = np.zeros(kmax, np.int64)
+    nxt = np.zeros((TILE, kmax), np.int64)
+    pm = np.zeros((TILE, kmax, 4), np.int64)       # mac records [pos, end), rate records [pos, end)
+    xq = np.zeros((TILE, vec), np.int64)
+    pn = np.zeros(TILE, np.int64)
+    py = np.zeros(TILE, np.int64)
+    px = np.zeros(TILE, np.int64)
+    qmin = np.zeros(TILE, np.int64)
+    has_ev = len(ev_key) + len(rt_key) > 0
+    for item in range(i0, i1):
+        j = item // tiles
+        p0 = (item % tiles) * TILE
+        nq = min(TILE, npos - p0)
+        k0, k1 = gseg[j], gseg[j + 1]
+        kc = k1 - k0
+        if kc == 0:
+            continue
+        lates = 0
+        nspec = 0
+        for k in range(kc):
+            if spec[k0 + k] != 0:
+                spec_k[nspec] = k
+                nspec += 1
+        for q in range(nq):
+            p = p0 + q
+            pn[q] = imgs[p // (ho * wo)]
+            py[q] = (p // wo) % ho
+            px[q] = p % wo
+            qmin[q] = NO_STEP
+            for k in range(kc):
+                for r in range(pipe):
+                    A[q, r, k] = 0
+                dl[q, k] = 0
+                nxt[q, k] = NO_STEP
+                if has_ev:
+                    key = ((pn[q] * o_total + ch[k0 + k]) * ho + py[q]) * wo + px[q]
+                    a0 = np.searchsorted(ev_key, key)
+                    a1 = np.searchsorted(ev_key, key, side="right")
+                    b0 = np.searchsorted(rt_key, key)
+                    b1 = np.searchsorted(rt_key, key, side="right")
+                    pm[q, k, 0], pm[q, k, 1], pm[q, k, 2], pm[q, k, 3] = a0, a1, b0, b1
+                    nxt[q, k] = _next_step(a0, a1, ev_t, ev_site, b0, b1, rt_t)
+                    qmin[q] = min(qmin[q], nxt[q, k])
+        for t in range(steps):
+            gb = t // (kh * kw)
+            ky = (t % (kh * kw)) // kw
+            kx = t % kw
+            r = t % pipe
+            for q in range(nq):
+                n = pn[q]
+                iy = py[q] * sh - ph + ky
+                ix = px[q] * sw - pw + kx
+                nnz = 0
+                for v in range(vec):
+                    xq[q, v] = x[n, j, gb, iy, ix, v] if 0 <= iy < h and 0 <= ix < w else 0
+                    nnz += xq[q, v] != 0
+                nz = nnz > 0
+                flagged = False
+                tree = nz and kf[n, 2] < 31
+                K = kf[n, 0]
+                if nz:
+                    # first pass, all channels at once (small helpers, so that LLVM vectorises their loops):
+                    # m_t, the add, and a superset of the late adds
+                    if tree:
+                        tsh, tfill = run_masks(kf[n, 2])
+                        flagged = _tree_pass(xq[q], wc[t], k0, kc, mv, flk, tsh, tfill)
+                        flagged = _acc_pass(A[q, r], mv, flk, kc, K, np.uint8(255)) or flagged
+                    elif vec == 4 and K >= 16 and nnz >= 3:
+                        flagged = _fused4_pass(xq[q], wc[t], k0, kc, A[q, r], flk, K)
+                    else:
+                        _dot_pass(xq[q], wc[t], k0, kc, mv)
+                        flagged = _acc_pass(A[q, r], mv, flk, kc, K, np.uint8(0))
+                if not (flagged or nspec or qmin[q] == t):
+                    continue
+                # the second pass: flagged adds, stuck lanes and fault records, one output at a time
+                if not nz:
+                    for k in range(kc):
+                        flk[k] = 0             # the flags of an earlier step
+                for i in range(nspec):
+                    flk[spec_k[i]] |= 2
+                events = qmin[q] == t
+                if events:
+                    for k in range(kc):
+                        if nxt[q, k] == t:
+                            flk[k] |= 2
+                for wi in range((kc + 7) // 8):
+                    if fw[wi] == 0:
+                        continue
+                    for k in range(wi * 8, min(kc, wi * 8 + 8)):
+                        if flk[k] == 0:
+                            continue
+                        mk = np.int64(0)
+                        if nz:
+                            for v in range(vec):
+                                mk += xq[q, v] * np.int64(wc[t, v, k0 + k])
+                        a = _wrap32(np.int64(A[q, r, k]) - mk)
+                        o = ch[k0 + k]
+                        lane = (o + po) % lane_num
+                        oidx = (o * ho + py[q]) * wo + px[q]
+                        ctr_step = oidx * steps + t
+                        prev = np.int64(0) if t == 0 else (a if pipe == 1 else np.int64(A[q, (t - 1) % pipe, k]))
+                        m = mk
+                        if spec[k0 + k] != 0 or tree:
+                            m, lt = _exact_m(xq[q], wc, t, k0 + k, vec, lane, sm_lane, sm_vec, sm_bit, sm_val, tree,
+                                             kf[n, 2], jit, n, ctr_step, slack_tree, k_lane, th, keys)
+                            lates += lt
+                            if lt:
+                                flags[n, o, py[q], px[q]] |= 1
+                        e, e1, f, f1 = pm[q, k, 0], pm[q, k, 1], pm[q, k, 2], pm[q, k, 3]
+                        while e < e1 and (ev_site[e] == 2 or (ev_t[e] == t and ev_site[e] == 0)):
+                            if ev_site[e] == 0:
+                                m = _flip(m, np.int64(ev_bit[e]), wp)
+                            e += 1
+                        for s_ in range(len(sp_lane)):
+                            if sp_lane[s_] == lane:
+                                m = _force(m, np.int64(sp_bit[s_]), np.int64(sp_val[s_]), wp)
+                        late = np.int64(0)
+                        if _maybe_late(a, m, K):
+                            Ka = _horizon(jit, n, lane, ctr_step * 4, 0, False, k_lane, th, keys)
+                            if _maybe_late(a, m, Ka):
+                                late = _late(a, m, Ka)
+                        s = _ch_add(a, m, late, mode, prev)
+                        if late != 0:
+                            lates += 1
+                            flags[n, o, py[q], px[q]] |= 1
+                        while f < f1 and rt_t[f] == t:
+                            s = _wrap32(s - (np.int64(1) << rt_bit[f]))
+                            f += 1
+                        while e < e1 and (ev_site[e] == 2 or (ev_t[e] == t and ev_site[e] == 1)):
+                            if ev_site[e] == 1:
+                                s = _flip(s, np.int64(ev_bit[e]), wa)
+                            e += 1
+                        for s_ in range(len(sa_lane)):
+                            if sa_lane[s_] == lane:
+                                s = _force(s, np.int64(sa_bit[s_]), np.int64(sa_val[s_]), wa)
+                        A[q, r, k] = s
+                        dl[q, k] += s - (a + mk)
+                        pm[q, k, 0], pm[q, k, 2] = e, f
+                        nxt[q, k] = _next_step(e, e1, ev_t, ev_site, f, f1, rt_t)
+                if events:
+                    qmin[q] = NO_STEP
+                    for k in range(kc):
+                        qmin[q] = min(qmin[q], nxt[q, k])
+        # 8. final reduction, 9. final flips, then the output conversion
+        for q in range(nq):
+            n = pn[q]
+            for k in range(kc):
+                o = ch[k0 + k]
+                lane = (o + po) % lane_num
+                oidx = (o * ho + py[q]) * wo + px[q]
+                S = np.int64(A[q, (steps - 1) % pipe, k])
+                delta = dl[q, k]
+                for i in range(1, pipe):
+                    u = np.int64(A[q, (steps - 1 - i) % pipe, k]) if steps - 1 - i >= 0 else np.int64(0)
+                    late = np.int64(0)
+                    if _maybe_late(S, u, kf[n, 1]):
+                        K = _horizon(jit, n, lane, (oidx * pipe + i) * 4 + 1, slack_fin, True, k_lane, th, keys)
+                        late = _late(S, u, K)
+                    S2 = _ch_add(S, u, late, 0, 0)
+                    if late != 0:
+                        lates += 1
+                        flags[n, o, py[q], px[q]] |= 1
+                        delta += S2 - (S + u)
+                    S = S2
+                if has_ev:
+                    key = ((n * o_total + o) * ho + py[q]) * wo + px[q]
+                    for e in range(np.searchsorted(ev_key, key), np.searchsorted(ev_key, key, side="right")):
                         if ev_site[e] == 2:
-                            total = _flip(total, np.int64(ev_bit[e]), width_f)
-                    out[n, o // vecb, y, xo, o % vecb] = _convert(total, rb[o], nsh, relu)
-
-
-def event_arrays(events, geom):
-    """The kernel's (key, t, site, bit) arrays from a MAC_EVENT_DTYPE array (None = no faults)."""
-    if events is None or len(events) == 0:
-        z = np.zeros(0, np.int64)
-        return z, z, z, z
-    g = geom
-    key = ((events["n"].astype(np.int64) * g.O + events["o"]) * g.Ho + events["y"]) * g.Wo + events["x"]
-    order = np.argsort(key, kind="stable")
-    return (key[order], events["t"][order].astype(np.int64), events["site"][order].astype(np.int64),
-            events["bit"][order].astype(np.int64))
-
-
-def conv_mac_order(xdev, wdev, rb, stage, hw, events, out):
-    g = stage.geom
-    key, t, site, bit = event_arrays(events, g)
-    """The register-level conv of `stage` (MAC fault records `events` or None) into device activations out."""
-    split(conv_mac, g.O, g.N * g.O * g.Ho * g.Wo * g.L * g.vec, xdev, wdev, rb, g.O, g.Og, g.po, g.pipe, g.stride_h,
-          g.stride_w, g.pad_h, g.pad_w, g.Ho, g.Wo, stage.fmt.n, stage.relu, key, t, site, bit, hw.width_product,
-          hw.width_accumulator, hw.width_final, out)
+                            S2 = _flip(S, np.int64(ev_bit[e]), wf)
+                            delta += S2 - S
+                            S = S2
+                yv = _convert(S, rb[o], nsh, relu)
+                out[n, o // vec_out, py[q], px[q], o % vec_out] = yv
+                if yv != _convert(_wrap32(S - delta), rb[o], nsh, relu):
+                    flags[n, o, py[q], px[q]] |= 2
+                if _saturates(S, nsh):
+                    flags[n, o, py[q], px[q]] |= 4
+        late_count[item] += lates

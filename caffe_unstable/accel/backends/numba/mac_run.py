@@ -1,0 +1,59 @@
+"""Running the register loop (mac.loop_tiles) from Python: its weights, its fault arguments and its threads.
+
+mac.py holds the numba kernel and the helpers it calls (one module, for numba's cache); this module prepares what
+it reads: the weights as (L, VEC, channels) matrices, empty record and stuck arrays where a launch has none, and
+the split of (group, tile) items over the ops' threads.
+"""
+import numpy as np
+
+from .mac import TILE, loop_tiles
+from .threads import split
+
+
+def loop_weight_matrix(wdev, ch, g):
+    """Device weights (Z, Cb, Kh, Kw, LANE, VEC) -> the loop's (L, VEC, len(ch)) int8 for real channels ch."""
+    w_all = wdev.transpose(1, 2, 3, 5, 0, 4).reshape(g.L, g.vec, g.Op)
+    return np.ascontiguousarray(w_all[:, :, np.asarray(ch, np.int64) + g.po])
+
+
+def _no_records():
+    z = np.zeros(0, np.int64)
+    return {"key": z, "t": z, "site": z, "bit": z}
+
+
+def run_loop(x, wc, ch, imgs, rb, stage, hw, out, flags=None, timing=None, mac_rec=None, rate_rec=None,
+             stuck=None, spec=None):
+    """The register loop over outputs (imgs × ch) of a conv stage into device activations `out`; returns the
+    number of late adds. timing: (jit, k_lane, thresholds, keys, mode, kf, final_slack, tree_slack) or None;
+    mac_rec / rate_rec: record columns with output keys; stuck: (multiplier, product, accumulator) columns
+    ((lane, vec, bit, value), (lane, bit, value), (lane, bit, value)); spec: per channel, 1 where its lane has
+    stuck bits."""
+    g = stage.geom
+    ch = np.asarray(ch, np.int64)
+    imgs = np.asarray(imgs, np.int64)
+    if timing is None:
+        timing = (False, np.zeros((g.N, hw.lane_num), np.int64), np.zeros((hw.lane_num, 31), np.uint64),
+                  np.zeros(g.N, np.uint64), 0, np.full((g.N, 3), 31, np.int64), 0, 0)
+    mac_rec = mac_rec or _no_records()
+    rate_rec = rate_rec or _no_records()
+    if stuck is None:
+        z = np.zeros(0, np.int64)
+        stuck = ((z, z, z, z), (z, z, z), (z, z, z))
+    spec = np.zeros(len(ch), np.uint8) if spec is None else spec
+    flags = np.zeros((g.N, g.O, g.Ho, g.Wo), np.uint8) if flags is None else flags
+    gseg = np.searchsorted(ch, np.arange(g.group + 1) * g.Og).astype(np.int64)
+    items = g.group * (-(-len(imgs) * g.Ho * g.Wo // TILE))
+    late = np.zeros(items, np.int64)
+    widths = np.array([hw.width_product, hw.width_accumulator, hw.width_final], np.int64)
+    split(loop_tiles, items, len(imgs) * g.Ho * g.Wo * len(ch) * g.L * g.vec, x, wc, ch, gseg, imgs, rb, g.O, g.po,
+          hw.lane_num, g.pipe, g.Kh, g.Kw, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.Ho, g.Wo, stage.fmt.n,
+          stage.relu, widths, *timing, mac_rec["key"], mac_rec["t"], mac_rec["site"], mac_rec["bit"],
+          rate_rec["key"], rate_rec["t"], rate_rec["bit"], *stuck[0], *stuck[1], *stuck[2], spec, out, flags, late)
+    return int(late.sum())
+
+
+def conv_mac_order(xdev, wdev, rb, stage, hw, out):
+    """The clean register-level conv of `stage` into device activations out (equal to the GEMM path)."""
+    g = stage.geom
+    ch = np.arange(g.O)
+    run_loop(xdev, loop_weight_matrix(wdev, ch, g), ch, np.arange(g.N), rb, stage, hw, out)

@@ -1,0 +1,289 @@
+"""A conv launch under a fault plan (faults.md §2.4): which path computes which outputs, and the §10.4 counters.
+
+* Memory flips and stuck memory bits act on copies of the device buffers first (memory_faults.py); then either
+  path computes with them.
+* MAC flips and rate errors alone are linear in the sums: the exact GEMM path plus per-output corrections
+  (corrections.py, §4.4, §5.6). This is the soft-error case, whose cost must stay near the clean forward.
+* Carry-horizon timing and stuck multiplier/product/accumulator bits are not: the outputs of every lane they can
+  reach (a lane whose smallest possible horizon is < 31 at some site, a lane with stuck bits) run through the
+  register loop (mac.py, mac_run.py) with every record of those outputs applied inline; the other outputs keep
+  the fast path. path="mac" sends every output through the loop, path="fast" refuses plans that need it.
+
+Counters: the clean value of an output is known on both paths without extra work (the GEMM sum before its
+corrections; in the loop, the faulty sum less the changes the faults made); with memory faults the clean layer
+is computed once more.
+"""
+import dataclasses
+
+import numpy as np
+
+from .... import errors
+from ... import layouts
+from ...faults import plan as fplan
+from ...faults.indexing import GEOMETRY_KEYS, geometry_from
+from ...quant import bias_term
+from . import conv, mac_run
+from .corrections import Corrector, column_weights
+from .memory_faults import faulty_input, weight_variants
+
+SITE_CODES = {"accumulate": 0, "final_reduce": 1, "adder_tree": 2}
+STUCK_DATAPATH = (0, 1, 2)          # multiplier, product, accumulator
+
+
+def legacy_plan(events):
+    """Launch.events (MAC-flip records) as a LayerPlan."""
+    ev = np.sort(np.asarray(events).astype(fplan.MAC_EVENT_DTYPE), order=list(fplan.MAC_EVENT_DTYPE.names))
+    return fplan.LayerPlan(-1, "", mac_events=ev)
+
+
+def check_plan(lp, g, hw, where):
+    """The plan's records against this launch (faults.md §2.3); the plan's geometry, when it has one, must be
+    this layer's. Returns the layer's geometry dict."""
+    gd = geometry_from(g, (hw.width_product, hw.width_accumulator, hw.width_final))
+    if lp.geometry:
+        for key in GEOMETRY_KEYS:
+            if key in lp.geometry and lp.geometry[key] != gd[key]:
+                raise errors.CaffeUnstableError(where, f"fault plan: geometry {key} = {lp.geometry[key]} does not "
+                                                       f"match the launch ({gd[key]})")
+    lp.validate(gd, g.N)
+    return gd
+
+
+def _keys(rec, g):
+    return ((rec["n"].astype(np.int64) * g.O + rec["o"]) * g.Ho + rec["y"]) * g.Wo + rec["x"]
+
+
+def record_arrays(rec, g, with_site):
+    """Plain int64 columns of MAC-flip (with_site) or rate records, with their output keys; sorted by output,
+    then step (then site and bit), as plan arrays are."""
+    key = _keys(rec, g)
+    if len(key) > 1:
+        fine = key * g.L + rec["t"]
+        if with_site:
+            fine = (fine * 3 + rec["site"]) * 32 + rec["bit"]
+        if (np.diff(fine) < 0).any():
+            order = np.argsort(fine, kind="stable")
+            rec, key = rec[order], key[order]
+    out = {"key": key, "t": rec["t"].astype(np.int64), "bit": rec["bit"].astype(np.int64)}
+    out["site"] = rec["site"].astype(np.int64) if with_site else np.zeros(0, np.int64)
+    return out
+
+
+def _select(arrs, keep):
+    return {k: (v[keep] if len(v) == len(keep) else v) for k, v in arrs.items()}
+
+
+def horizon_bounds(tp, g, hw):
+    """(K_min (N, LANE, 3): the smallest horizon any add of site accumulate / final_reduce / adder_tree can get
+    in image n, lane (31 = never late; a site not modelled counts as 31), jit, k_lane, thresholds, keys, mode)."""
+    N, lanes = g.N, hw.lane_num
+    if tp is None:
+        kmin = np.full((N, lanes, 3), 31, np.int64)
+        return kmin, False, np.zeros((N, lanes), np.int64), np.zeros((lanes, 31), np.uint64), \
+            np.zeros(N, np.uint64), 0
+    jit = tp.K_lane is None
+    if jit:
+        th = np.ascontiguousarray(tp.thresholds, np.uint64)
+        base = np.broadcast_to(31 - (th > 0).sum(axis=1), (N, lanes)).astype(np.int64)
+        k_lane, keys = np.zeros((N, lanes), np.int64), np.ascontiguousarray(tp.keys, np.uint64)
+    else:
+        k_lane = np.ascontiguousarray(tp.K_lane, np.int64)
+        base, th, keys = k_lane, np.zeros((lanes, 31), np.uint64), np.zeros(N, np.uint64)
+    kmin = np.full((N, lanes, 3), 31, np.int64)
+    slack = (0, tp.final_slack_bits, tp.tree_slack_bits)
+    for site in tp.sites:
+        s = SITE_CODES[site]
+        if s == 2 and g.vec // 4 < 2:
+            continue                  # VEC 4: the tree has no adds
+        kmin[:, :, s] = np.minimum(np.clip(base + slack[s], 0, 31) if s else base, 31)
+    return kmin, jit, k_lane, th, keys, fplan.SAMPLED_VALUES.index(tp.sampled_value)
+
+
+class PlanConv:
+    """One conv launch under LayerPlan `lp` on the device buffers of `mem`."""
+
+    def __init__(self, backend, mem, launch, lp, legacy=False):
+        self.be, self.mem, self.launch, self.lp = backend, mem, launch, lp
+        self.stage = launch.conv
+        self.g = g = launch.conv.geom
+        self.hw = backend.hw
+        self.widths = (self.hw.width_product, self.hw.width_accumulator, self.hw.width_final)
+        check_plan(lp, g, self.hw, launch.slot)
+        self.mac = record_arrays(lp.mac_events, g, True)
+        self.rate = record_arrays(lp.rate_events, g, False)
+        self.kmin, self.jit, self.k_lane, self.th, self.keys, self.mode = horizon_bounds(lp.timing, g, self.hw)
+        st = lp.stuck
+        self.stuck = {code: st[st["site"] == code] for code in STUCK_DATAPATH}
+        stuck_lanes = np.zeros(self.hw.lane_num, bool)
+        for code in STUCK_DATAPATH:
+            stuck_lanes[self.stuck[code]["lane"].astype(np.int64)] = True
+        self.stuck_lanes = stuck_lanes
+        lanes = (np.arange(g.O) + g.po) % self.hw.lane_num
+        self.lane_of = lanes
+        loop_lane = (self.kmin < 31).any(axis=2) | stuck_lanes[None, :]            # (N, LANE)
+        path = launch.path
+        if path == "auto":
+            path = "mac" if legacy else "auto"
+        if path == "fast" and (loop_lane.any() or legacy):
+            what = "MAC fault records" if legacy else "carry-horizon timing or stuck datapath bits"
+            raise errors.CaffeUnstableError(launch.slot, f"the fast path cannot apply {what}; use path 'mac' or "
+                                                         f"'auto'")
+        self.in_loop = np.ones((g.N, g.O), bool) if path == "mac" else loop_lane[:, lanes]   # (N, O)
+        self.memory = bool(len(lp.weight_events) or len(lp.act_events) or
+                           (st["site"] >= 3).any())
+
+    # -- the launch ---------------------------------------------------------------------------------------------
+    def run(self, out):
+        g, stage, mem = self.g, self.stage, self.mem
+        lp = self.lp
+        bdev = mem.get("bias") if stage.has_bias else None
+        bias0 = bdev if bdev is not None else np.zeros(g.Op, np.int8)
+        x = faulty_input(mem["input"], lp.act_events, lp.stuck, g)
+        variants = weight_variants(mem["weights"], bias0, lp.weight_events, lp.stuck, g)
+        sat = np.zeros((g.N, g.O, g.Ho, g.Wo), bool) if self.memory else None
+        flags = np.zeros((g.N, g.O, g.Ho, g.Wo), np.uint8) if self.in_loop.any() else None
+        hw = g.Ho * g.Wo
+        in_loop_rec = {name: self.in_loop[arr["key"] // (g.O * hw), (arr["key"] // hw) % g.O]
+                       for name, arr in (("mac", self.mac), ("rate", self.rate))}
+        changed = saturated = late = 0
+        used_fast = used_loop = False
+        for imgs, wdev, bias in variants:
+            rb = self._bias_terms(bias)
+            fast_imgs = imgs[~self.in_loop[imgs].all(axis=1)]
+            if len(fast_imgs):
+                used_fast = True
+                c, s = self._fast(x, wdev, rb, fast_imgs, out, in_loop_rec, sat, variant=wdev is not mem["weights"])
+                changed, saturated = changed + c, saturated + s
+            loop_imgs = imgs[self.in_loop[imgs].any(axis=1)]
+            if len(loop_imgs):
+                used_loop = True
+                late += self._loop(x, wdev, rb, loop_imgs, out, in_loop_rec, flags)
+        if flags is not None:
+            changed += int(((flags & 2) != 0).sum())
+            saturated += int(((flags & 6) == 6).sum())
+            if sat is not None:              # the loop's outputs: its own sums, not the GEMM's
+                sat[self.in_loop] = (flags[self.in_loop] & 4) != 0
+        if self.memory:
+            changed, saturated = self._memory_counts(out, sat)
+        stats = {"path": "+".join(p for p, used in (("fast", used_fast), ("mac", used_loop)) if used) or "fast",
+                 "mac_flips": int(len(lp.mac_events)), "masked": int(lp.masked), "outputs_changed": changed,
+                 "outputs_saturated": saturated, "rate_events": int(len(lp.rate_events)), "late_adds": late,
+                 "outputs_hit": int(((flags & 1) != 0).sum()) if flags is not None else 0,
+                 "weight_flips": int(len(lp.weight_events)), "act_flips": int(len(lp.act_events))}
+        only_stuck = not (len(lp.mac_events) or len(lp.rate_events) or lp.timing is not None
+                          or len(lp.weight_events) or len(lp.act_events))
+        stats["stuck_outputs_changed"] = 0 if not len(lp.stuck) else (changed if only_stuck else None)
+        return stats
+
+    def _bias_terms(self, bias):
+        """rb of the conversion from a device bias (a layer without a bias has zeros there, which only memory
+        faults can change; its m is then unchecked, so they count only where the kernel could shift by m)."""
+        b = layouts.bias_recover(bias, self.g).astype(np.int64)
+        m = self.stage.fmt.m
+        if not b.any() or not 1 <= m <= 32:
+            return np.zeros(self.g.O, np.int64)
+        return bias_term(b, m)
+
+    def _fast(self, x, wdev, rb, imgs, out, in_loop_rec, sat, variant):
+        """GEMM over `imgs` plus the corrections of their records on outputs outside the loop."""
+        g, mem = self.g, self.mem
+        whole = len(imgs) == g.N
+        if variant:
+            weights = conv.ConvWeights(wdev, g)
+        else:
+            weights = mem.get("_weights")
+            if weights is None or not weights.matches(wdev, g):
+                weights = mem["_weights"] = conv.ConvWeights(wdev, g)
+        pick = {}
+        for name, arr in (("mac", self.mac), ("rate", self.rate)):
+            keep = ~in_loop_rec[name]
+            if not whole:
+                keep &= np.isin(arr["key"] // (g.O * g.Ho * g.Wo), imgs)
+            pick[name] = _select(arr, keep) if not keep.all() else arr
+        fix = None
+        if len(pick["mac"]["key"]) or len(pick["rate"]["key"]) or sat is not None:
+            fix = Corrector(pick["mac"], pick["rate"], self._column_weights(wdev), rb, g, self.stage.fmt,
+                            self.stage.relu, self.widths, imgs, sat)
+        xs = x if whole else x[imgs]
+        dst = out if whole else np.zeros((len(imgs),) + out.shape[1:], out.dtype)
+        conv.conv_fast(xs, weights, rb, self.stage, dst, None, self.be._scratch_buffer, fix)
+        if fix is not None:
+            rel_of = np.full(g.N, -1, np.int64)
+            rel_of[imgs] = np.arange(len(imgs))
+            fix.finish(dst, rel_of)
+        if not whole:
+            out[imgs] = dst
+        return fix.counts() if fix is not None else (0, 0)
+
+    def _column_weights(self, wdev):
+        """corrections.column_weights of wdev, cached for the slot's device weights (rebuilt after an upload)."""
+        cached = self.mem.get("_column_weights")
+        if cached is not None and cached[0] is wdev:
+            return cached[1]
+        wk = column_weights(wdev, self.g)
+        if wdev is self.mem.get("weights"):
+            self.mem["_column_weights"] = (wdev, wk)
+        return wk
+
+    def _loop(self, x, wdev, rb, imgs, out, in_loop_rec, flags):
+        """The register loop over the loop outputs of `imgs` (grouped by their channel sets)."""
+        g = self.g
+        sets = {}
+        for n in imgs:
+            sets.setdefault(self.in_loop[n].tobytes(), []).append(n)
+        late = 0
+        for mask_bytes, ns in sets.items():
+            ch = np.flatnonzero(np.frombuffer(mask_bytes, bool)).astype(np.int64)
+            ns = np.array(ns, np.int64)
+            late += self._loop_set(x, wdev, rb, ns, ch, out, in_loop_rec, flags)
+        return late
+
+    def _loop_set(self, x, wdev, rb, imgs, ch, out, in_loop_rec, flags):
+        g = self.g
+        lanes = self.lane_of[ch]
+        kf = np.ascontiguousarray(self.kmin[:, lanes].min(axis=1))
+        tp = self.lp.timing
+        timing = (self.jit, self.k_lane, self.th, self.keys, self.mode, kf,
+                  int(tp.final_slack_bits) if tp else 0, int(tp.tree_slack_bits) if tp else 0)
+        recs = {}
+        for name, arr in (("mac", self.mac), ("rate", self.rate)):
+            keep = in_loop_rec[name] & np.isin(arr["key"] // (g.O * g.Ho * g.Wo), imgs)
+            recs[name] = _select(arr, keep)
+        sm, sp, sa = (self.stuck[c] for c in STUCK_DATAPATH)
+        stuck = (tuple(sm[k].astype(np.int64) for k in ("lane", "vec", "bit", "value")),
+                 tuple(sp[k].astype(np.int64) for k in ("lane", "bit", "value")),
+                 tuple(sa[k].astype(np.int64) for k in ("lane", "bit", "value")))
+        return mac_run.run_loop(x, loop_weights(self.mem, wdev, ch, g), ch, imgs, rb, self.stage, self.hw, out,
+                                flags, timing, recs["mac"], recs["rate"], stuck,
+                                self.stuck_lanes[lanes].astype(np.uint8))
+
+    def _memory_counts(self, out, sat):
+        """With memory faults every output may change: compare with the clean layer, computed once more."""
+        g, mem = self.g, self.mem
+        clean = np.zeros_like(out)
+        weights = mem.get("_weights")
+        if weights is None or not weights.matches(mem["weights"], g):
+            weights = mem["_weights"] = conv.ConvWeights(mem["weights"], g)
+        bdev = mem.get("bias") if self.stage.has_bias else None
+        rb = self._bias_terms(bdev) if bdev is not None else np.zeros(g.O, np.int64)
+        conv.conv_fast(mem["input"], weights, rb, self.stage, clean, None, self.be._scratch_buffer)
+        diff = layouts.activations_recover(out, g.O) != layouts.activations_recover(clean, g.O)
+        return int(diff.sum()), int((diff & sat).sum())
+
+
+def loop_weights(mem, wdev, ch, g):
+    """The loop's weights of channels ch, cached for the slot's device weights and one channel set."""
+    key = ch.tobytes()
+    cached = mem.get("_loop_weights")
+    if cached is not None and cached[0] is wdev and cached[1] == key:
+        return cached[2]
+    wc = mac_run.loop_weight_matrix(wdev, ch, g)
+    if wdev is mem.get("weights"):
+        mem["_loop_weights"] = (wdev, key, wc)
+    return wc
+
+
+def with_events(lp, events):
+    """A copy of LayerPlan lp with the MAC-flip records `events` added (Launch.events next to Launch.plan)."""
+    ev = np.concatenate([lp.mac_events, np.asarray(events).astype(fplan.MAC_EVENT_DTYPE)])
+    return dataclasses.replace(lp, mac_events=np.sort(ev, order=list(fplan.MAC_EVENT_DTYPE.names)))

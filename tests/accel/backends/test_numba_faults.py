@@ -1,0 +1,335 @@
+"""The numba backend consumes whole fault plans (faults.md §2.4) bit-exactly: every `layers` scenario of
+fault_vectors.json through `Launch(plan=...)`, and random plans on small random layers, where the path "auto"
+(GEMM plus §4.4/§5.6 corrections where they are exact, the register loop for the lanes timing or stuck bits
+reach) equals the path "mac" (every output through the register loop) and the package's slow reference
+(faults.reference_layer, the §1.2 loop in NumPy)."""
+import json
+
+import numpy as np
+import pytest
+
+from caffe_unstable.accel.backends.numba import NumbaBackend
+from caffe_unstable.accel.faults import conv_geometry, k_thresholds, reference_layer
+from caffe_unstable.accel.faults.plan import (MEM_EVENT_DTYPE, RATE_EVENT_DTYPE, STUCK_DTYPE, LayerPlan,
+                                              TimingPlan, mac_events, records)
+from caffe_unstable.accel.geometry import ConvGeometry, ConvStage
+from caffe_unstable.accel.interface import HwConfig, Launch
+from caffe_unstable.accel.quant import LayerFormat
+from caffe_unstable.errors import CaffeUnstableError
+
+from ..faults.vector_plans import scenario_plan, widths
+
+SCENARIOS = 13
+
+
+@pytest.fixture(scope="module")
+def vectors(shared):
+    path = shared / "specs" / "fault_vectors.json"
+    if not path.is_file():
+        pytest.skip(f"{path}: fault vectors not found")
+    return json.loads(path.read_text())
+
+
+class Layer:
+    """An int8 layer run through the backend the way accel/session.py drives it: float_to_fixed ->
+    data_layout_reorder -> data_to_fpga -> launch_accelerator -> data_from_fpga -> data_layout_recover."""
+
+    def __init__(self, x, w, b, geom, fmt, relu, hw):
+        self.x, self.w, self.b, self.geom, self.fmt, self.relu, self.hw = x, w, b, geom, fmt, relu, hw
+        self.be = NumbaBackend(hw)
+        be = self.be
+        wq = be.float_to_fixed(w.astype(np.float32) * 2.0 ** -fmt.frac_w, fmt.frac_w)
+        bq = be.float_to_fixed(b.astype(np.float32) * 2.0 ** -fmt.frac_w, fmt.frac_w)
+        xq = be.float_to_fixed(x.astype(np.float32) * 2.0 ** -fmt.frac_din, fmt.frac_din)
+        assert np.array_equal(wq, w) and np.array_equal(bq, b) and np.array_equal(xq, x)
+        be.data_to_fpga("conv", weights=be.data_layout_reorder(wq, "weights", geom),
+                        bias=be.data_layout_reorder(bq, "bias", geom))
+        self.xdev = be.data_layout_reorder(xq, "input", geom)
+
+    def run(self, plan=None, path="auto"):
+        be = self.be
+        be.data_to_fpga("conv", input=self.xdev)
+        launch = be.launch_accelerator(Launch("conv", conv=ConvStage(self.geom, self.fmt, self.relu, True),
+                                              plan=plan, path=path))
+        out = be.data_layout_recover(be.data_from_fpga("conv")["conv"], "activations", channels=self.geom.O)
+        return out, launch.stats
+
+    def fault_geometry(self):
+        g, hw = self.geom, self.hw
+        return conv_geometry(g.C, g.H, g.W, g.O, g.Kh, g.Kw, (g.stride_h, g.stride_w), (g.pad_h, g.pad_w), g.group,
+                             hw.vec_size, hw.lane_num, hw.pipe_depth, hw.width_product, hw.width_accumulator,
+                             hw.width_final)
+
+    def reference(self, plan):
+        q = {"frac_w": self.fmt.frac_w, "frac_din": self.fmt.frac_din, "frac_dout": self.fmt.frac_dout,
+             "relu": self.relu}
+        return reference_layer(self.x, self.w, self.b, self.fault_geometry(), q, plan, with_hit=True)
+
+
+def vector_layer(layer, scenario):
+    g = layer["geometry"]
+    wp, wa, wf = widths(scenario)
+    hw = HwConfig(vec_size=g["VEC_SIZE"], lane_num=g["LANE_NUM"], pipe_depth=g["PIPE_DEPTH"], width_product=wp,
+                  width_accumulator=wa, width_final=wf)
+    geom = ConvGeometry(1, g["Cin"], g["H"], g["W_in"], g["O"], g["group"], g["Kh"], g["Kw"], g["stride"],
+                        g["stride"], g["pad"], g["pad"], hw.vec_size, hw.lane_num, hw.pipe_depth)
+    q = layer["quant"]
+    return Layer(np.array(layer["input"], np.int8)[None], np.array(layer["weights"], np.int8),
+                 np.array(layer["bias"], np.int8), geom, LayerFormat(q["frac_w"], q["frac_din"], q["frac_dout"]),
+                 bool(q["relu"]), hw)
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_every_vector_scenario_through_the_backend(vectors, index):
+    layer = vectors["layers"][index]
+    assert len(layer["scenarios"]) == SCENARIOS
+    for s in layer["scenarios"]:
+        lay = vector_layer(layer, s)
+        clean, stats = lay.run()
+        assert np.array_equal(clean[0], layer["clean_output"]) and stats["path"] == "fast"
+        lp = scenario_plan(layer, s).layers[0]
+        for path in ("auto", "mac"):
+            out, stats = lay.run(lp, path)
+            where = (layer["name"], s["name"], path)
+            assert np.array_equal(out[0], s["output"]), where
+            assert stats["outputs_changed"] == s["outputs_changed"], where
+            if "outputs_hit" in s:
+                assert stats["outputs_hit"] == s["outputs_hit"], where
+            assert stats["mac_flips"] == len(lp.mac_events) and stats["rate_events"] == len(lp.rate_events), where
+            assert 0 <= stats["outputs_saturated"] <= stats["outputs_changed"], where
+            assert (stats["late_adds"] > 0) == (stats["outputs_hit"] > 0), where
+            if path == "auto":
+                timing_or_stuck = lp.timing is not None or len(lp.stuck)
+                assert ("mac" in stats["path"]) if timing_or_stuck else stats["path"] == "fast", where
+
+
+@pytest.mark.parametrize("K", [31, 32])
+def test_horizon_of_31_or_more_is_the_clean_layer(vectors, K):
+    """faults.md §13.4: fixed_k 31 / 32 at every site and sampled value equal the clean forward bit for bit."""
+    for layer in vectors["layers"]:
+        lay = vector_layer(layer, {})
+        clean, _ = lay.run()
+        for mode in ("carry_dropped", "stale", "drop"):
+            tp = TimingPlan(mode, ("accumulate", "final_reduce", "adder_tree"), 1, 1,
+                            K_lane=np.full((1, lay.hw.lane_num), K, np.int8))
+            lp = LayerPlan(1, layer["name"], timing=tp)
+            for path in ("auto", "mac"):
+                out, stats = lay.run(lp, path)
+                assert np.array_equal(out, clean), (layer["name"], mode, path)
+                assert stats["late_adds"] == stats["outputs_hit"] == stats["outputs_changed"] == 0
+
+
+# -- random layers and plans ------------------------------------------------------------------------------------
+def random_layer(rng, vec, lane, group, batch, widths=(32, 32, 32)):
+    k = int(rng.integers(1, 4))
+    geom = ConvGeometry(N=batch, C=group * int(rng.integers(1, 11)), H=int(rng.integers(k, 8)),
+                        W=int(rng.integers(k, 8)), O=group * int(rng.integers(1, 7)), group=group, Kh=k,
+                        Kw=int(rng.integers(1, k + 1)), stride_h=int(rng.integers(1, 3)), stride_w=1,
+                        pad_h=int(rng.integers(0, 2)), pad_w=int(rng.integers(0, 2)), vec=vec, lane=lane, pipe=6)
+    hw = HwConfig(vec_size=vec, lane_num=lane, pipe_depth=6, width_product=widths[0], width_accumulator=widths[1],
+                  width_final=widths[2])
+    x = rng.integers(-128, 128, (batch, geom.C, geom.H, geom.W))
+    x = np.where(rng.random(x.shape) < 0.4, 0, x).astype(np.int8)                 # ReLU-like zeros
+    w = rng.integers(-128, 128, (geom.O, geom.Cg, geom.Kh, geom.Kw)).astype(np.int8)
+    b = rng.integers(-128, 128, geom.O).astype(np.int8)
+    frac_w = int(rng.integers(6, 10))
+    fmt = LayerFormat(frac_w, 0, frac_w - int(rng.integers(8, 13)))
+    return Layer(x, w, b, geom, fmt, bool(rng.integers(0, 2)), hw)
+
+
+def random_mac_events(rng, g, hw, count):
+    cols = {"n": rng.integers(0, g.N, count), "o": rng.integers(0, g.O, count), "y": rng.integers(0, g.Ho, count),
+            "x": rng.integers(0, g.Wo, count), "t": rng.integers(0, g.L, count), "site": rng.integers(0, 3, count)}
+    width = np.array([hw.width_product, hw.width_accumulator, hw.width_final])[cols["site"]]
+    cols["bit"] = (rng.random(count) * width).astype(np.int64)
+    cols["t"] = np.where(cols["site"] == 2, 0, cols["t"])
+    if count > 2:                                   # collisions: a repeated record, a second flip of one output
+        for k in cols:
+            cols[k][1] = cols[k][0]
+        cols["t"][2], cols["site"][2] = cols["t"][0], 0 if cols["site"][0] else 1
+        cols["bit"][2] = cols["bit"][0] % 20
+        for k in ("n", "o", "y", "x"):
+            cols[k][2] = cols[k][0]
+    return mac_events(*(cols[k] for k in ("n", "o", "y", "x", "t", "site", "bit")))
+
+
+def random_plan(rng, lay, kinds):
+    g, hw = lay.geom, lay.hw
+    gd = lay.fault_geometry()
+    lp = LayerPlan(3, "random", gd)
+    if "mac" in kinds:
+        lp.mac_events = random_mac_events(rng, g, hw, int(rng.integers(1, 40)))
+    if "rate" in kinds:
+        c = int(rng.integers(1, 30))
+        lp.rate_events = records(RATE_EVENT_DTYPE, ["n", "o", "y", "x", "t"], n=rng.integers(0, g.N, c),
+                                 o=rng.integers(0, g.O, c), y=rng.integers(0, g.Ho, c), x=rng.integers(0, g.Wo, c),
+                                 t=rng.integers(0, g.L, c), bit=rng.integers(10, 32, c))
+    if "timing" in kinds:
+        sites = tuple(s for s in ("accumulate", "final_reduce", "adder_tree") if rng.random() < 0.7) or \
+            ("accumulate",)
+        mode = ("carry_dropped", "stale", "drop")[int(rng.integers(0, 3))]
+        slack = (int(rng.integers(-4, 3)), int(rng.integers(-6, 2)))
+        if rng.random() < 0.5:
+            K = rng.integers(14, 33, (g.N, hw.lane_num)).astype(np.int8)
+            lp.timing = TimingPlan(mode, sites, *slack, K_lane=K)
+        else:
+            f = float(rng.uniform(280, 330))
+            th = np.array([k_thresholds(f, 1.94, 0.07, 0.02, 0.03 * (ln % 3)) for ln in range(hw.lane_num)],
+                          np.uint64)
+            keys = rng.integers(0, 2 ** 63, g.N, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
+            lp.timing = TimingPlan(mode, sites, *slack, thresholds=th, keys=keys)
+    if "memory" in kinds:
+        for kind, size, n_lo in (("weight_events", gd["N_WBYTES"], -1), ("act_events", gd["N_ABYTES"], 0)):
+            c = int(rng.integers(1, 12))
+            setattr(lp, kind, records(MEM_EVENT_DTYPE, ["n", "addr", "bit"], n=rng.integers(n_lo, g.N, c),
+                                      addr=rng.integers(0, size, c), bit=rng.integers(0, 8, c)))
+    if "stuck" in kinds:
+        rows = []
+        for _ in range(int(rng.integers(1, 4))):
+            site = int(rng.integers(0, 5))
+            lane, vec = int(rng.integers(0, hw.lane_num)), int(rng.integers(0, hw.vec_size))
+            bit = int(rng.integers(0, [16, hw.width_product, hw.width_accumulator, 8, 8][site]))
+            addr = int(rng.integers(0, gd["N_WBYTES"] if site == 3 else gd["N_ABYTES"])) if site >= 3 else -1
+            rows.append((site, lane if site < 3 else -1, vec if site == 0 else -1, addr, bit,
+                         int(rng.integers(0, 2))))
+        lp.stuck = np.array(rows, STUCK_DTYPE)
+    return lp
+
+
+KIND_SETS = [("mac",), ("rate",), ("mac", "rate"), ("timing",), ("mac", "rate", "timing"), ("stuck",),
+             ("memory",), ("mac", "memory"), ("mac", "rate", "timing", "memory", "stuck")]
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_random_plans_auto_equals_mac_order_and_reference(case):
+    rng = np.random.default_rng(100 + case)
+    vec = (4, 8)[case % 2]
+    lane = (3, 4, 5)[case % 3]
+    group = 1 + (case % 4 == 1)
+    narrow = case % 3 == 2
+    wd = (int(rng.integers(16 + (vec - 1).bit_length(), 33)), int(rng.integers(20, 33)), int(rng.integers(20, 33))) \
+        if narrow else (32, 32, 32)
+    lay = random_layer(rng, vec, lane, group, int(rng.integers(2, 4)), wd)
+    clean, _ = lay.run()
+    for kinds in KIND_SETS:
+        lp = random_plan(rng, lay, kinds)
+        auto, sa = lay.run(lp, "auto")
+        mac, sm = lay.run(lp, "mac")
+        ref, hit = lay.reference(lp)
+        where = (case, kinds)
+        assert np.array_equal(mac, ref), where
+        assert np.array_equal(auto, ref), where
+        changed = int((ref != clean).sum())
+        assert sa["outputs_changed"] == sm["outputs_changed"] == changed, where
+        assert sa["outputs_hit"] == sm["outputs_hit"] == int(hit.sum()), where
+        assert sa["outputs_saturated"] == sm["outputs_saturated"] and sa["late_adds"] == sm["late_adds"], where
+        if set(kinds) <= {"mac", "rate", "memory"}:
+            assert sa["path"] == "fast", where
+            fast, _ = lay.run(lp, "fast")
+            assert np.array_equal(fast, ref), where
+
+
+def test_fast_corrections_equal_the_loop_on_dense_flips():
+    """Many records per output and chain (every site, narrow widths, repeats) on batch 3, groups, padded lanes."""
+    rng = np.random.default_rng(7)
+    lay = random_layer(rng, 8, 5, 2, 3, (24, 29, 30))
+    g = lay.geom
+    lp = LayerPlan(0, "dense", mac_events=random_mac_events(rng, g, lay.hw, 3 * g.N * g.O * g.Ho * g.Wo))
+    lp.rate_events = records(RATE_EVENT_DTYPE, ["n", "o", "y", "x", "t"], n=lp.mac_events["n"][:200],
+                             o=lp.mac_events["o"][:200], y=lp.mac_events["y"][:200], x=lp.mac_events["x"][:200],
+                             t=rng.integers(0, g.L, 200), bit=rng.integers(0, 32, 200))
+    fast, sf = lay.run(lp, "fast")
+    mac, sm = lay.run(lp, "mac")
+    assert np.array_equal(fast, mac) and sf["path"] == "fast" and sm["path"] == "mac"
+    assert sf["outputs_changed"] == sm["outputs_changed"] > 0
+    assert np.array_equal(fast, lay.reference(lp)[0])
+
+
+def test_legacy_events_and_plan_errors():
+    rng = np.random.default_rng(3)
+    lay = random_layer(rng, 4, 4, 1, 2)
+    ev = random_mac_events(rng, lay.geom, lay.hw, 5)
+    be = lay.be
+    be.data_to_fpga("conv", input=lay.xdev)
+    stage = ConvStage(lay.geom, lay.fmt, lay.relu, True)
+    legacy = be.launch_accelerator(Launch("conv", conv=stage, events=ev))
+    got = be.data_from_fpga("conv")["conv"].copy()
+    assert legacy.stats["path"] == "mac" and legacy.stats["mac_flips"] == 5
+    via_plan, _ = lay.run(LayerPlan(0, "l", mac_events=ev))
+    assert np.array_equal(be.data_layout_recover(got, "activations", channels=lay.geom.O), via_plan)
+    tp = TimingPlan(K_lane=np.full((2, lay.hw.lane_num), 20, np.int8))
+    with pytest.raises(CaffeUnstableError, match="fast path cannot apply carry-horizon"):
+        lay.run(LayerPlan(0, "l", timing=tp), "fast")
+    bad = LayerPlan(0, "l", mac_events=mac_events([0], [lay.geom.O], [0], [0], [0], [1], [3]))
+    with pytest.raises(CaffeUnstableError, match="mac_events.o"):
+        lay.run(bad)
+    wrong = LayerPlan(0, "l", geometry=dict(lay.fault_geometry(), L=lay.geom.L + 1), mac_events=ev)
+    with pytest.raises(CaffeUnstableError, match="geometry L"):
+        lay.run(wrong)
+
+
+def test_late_carry_filters_against_ch_add():
+    """The register loop's carry-horizon helpers (mac.py): _late equals faults.ch_add's late mask, and the
+    first pass's tests never miss a late add: _maybe_late (exact for operands in [-2^K, 2^K)) and the window test
+    of _acc_pass (bits 31-K..K-1 of a XOR m all ones, K >= 16)."""
+    from caffe_unstable.accel.backends.numba import mac
+    from caffe_unstable.accel.faults import ch_add
+
+    rng = np.random.default_rng(5)
+    n = 4000
+    a = rng.integers(-2 ** 31, 2 ** 31, n) >> rng.integers(0, 32, n)
+    m = rng.integers(-2 ** 18, 2 ** 18, n) >> rng.integers(0, 19, n)
+    a[: n // 2] = -m[: n // 2] + rng.integers(-40, 40, n // 2)           # crossings that land near zero
+    for K in range(0, 33, 3):
+        late = np.array([mac._late(int(x), int(y), K) for x, y in zip(a, m)])
+        assert np.array_equal(late, ch_add(a, m, np.full(n, K))[1].astype(np.int64)), K
+        maybe = np.array([mac._maybe_late(int(x), int(y), K) for x, y in zip(a, m)])
+        assert maybe[late != 0].all(), K
+        small = (np.abs(a) < 2 ** K // 2) & (np.abs(m) < 2 ** K // 2)
+        assert np.array_equal(maybe[small], (late != 0)[small]), K
+        if 16 <= K <= 30:
+            arow, flk = a.astype(np.int32), np.zeros(n, np.uint8)
+            mac._acc_pass(arow, m.astype(np.int32), flk, n, K, np.uint8(0))
+            assert flk[late != 0].all(), K
+            assert np.array_equal(arow, ((a + m + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.int32))
+
+
+def test_stats_fields_and_events_next_to_a_plan():
+    rng = np.random.default_rng(9)
+    lay = random_layer(rng, 4, 4, 1, 2)
+    g = lay.geom
+    ev = random_mac_events(rng, g, lay.hw, 6)
+    lp = random_plan(rng, lay, ("rate",))
+    be = lay.be
+    be.data_to_fpga("conv", input=lay.xdev)
+    launch = be.launch_accelerator(Launch("conv", conv=ConvStage(g, lay.fmt, lay.relu, True), plan=lp, events=ev))
+    both = be.data_layout_recover(be.data_from_fpga("conv")["conv"], "activations", channels=g.O)
+    merged = LayerPlan(0, "l", mac_events=np.sort(np.concatenate([lp.mac_events, ev]),
+                                                  order=list(ev.dtype.names)), rate_events=lp.rate_events)
+    assert np.array_equal(both, lay.reference(merged)[0])
+    assert set(launch.stats) == {"path", "mac_flips", "masked", "outputs_changed", "outputs_saturated",
+                                 "rate_events", "late_adds", "outputs_hit", "weight_flips", "act_flips",
+                                 "stuck_outputs_changed"}
+    assert launch.stats["mac_flips"] == 6 and launch.stats["rate_events"] == len(lp.rate_events)
+
+
+@pytest.mark.parametrize("shape", [(1, 9, 9, 3, 1), (3, 11, 7, 5, 1), (4096, 1, 1, 256, 0)])
+def test_fast_corrections_on_first_layers_and_skinny_fc(shape):
+    """The GEMM path's other column and sum layouts: a first layer (C < VEC: planar columns) and an FC layer
+    big enough for the int8 skinny sums (float64); MAC flips and rate errors at all sites equal the reference."""
+    C, H, W, O, k = shape
+    rng = np.random.default_rng(C + O)
+    kk = 3 if k else H
+    geom = ConvGeometry(N=3, C=C, H=H, W=W, O=O, group=1, Kh=kk, Kw=kk if k else W, stride_h=1 if k else H,
+                        stride_w=1 if k else W, pad_h=k, pad_w=k)
+    hw = HwConfig()
+    x = np.where(rng.random((3, C, H, W)) < 0.3, 0, rng.integers(-128, 128, (3, C, H, W))).astype(np.int8)
+    w = rng.integers(-128, 128, (O, C, geom.Kh, geom.Kw)).astype(np.int8)
+    lay = Layer(x, w, rng.integers(-128, 128, O).astype(np.int8), geom, LayerFormat(9, 0, -5 if k else -3), True,
+                hw)
+    lp = random_plan(rng, lay, ("mac", "rate"))
+    lp.mac_events = random_mac_events(rng, geom, hw, 300)
+    fast, stats = lay.run(lp, "fast")
+    assert stats["path"] == "fast" and stats["outputs_changed"] > 0
+    ref, _ = lay.reference(lp)
+    assert np.array_equal(fast, ref)
