@@ -143,8 +143,11 @@ class BaseConvolution(Layer):
             if self.bias_term:
                 self.blobs.append(self.fill_param(bias_shape, cp.bias_filler))
 
+    out_dim = staticmethod(conv_out_dim)     # per spatial axis; Deconvolution's is deconv_out_dim
+
     def compute_output_shape(self, sp):
-        raise NotImplementedError
+        g = self.geo
+        return [self.out_dim(*a) for a in zip(sp, g.kernel, g.stride, g.pad, g.dilation)]
 
     def reshape(self, bottom, top):
         ax = self.channel_axis
@@ -317,10 +320,6 @@ class Convolution(BaseConvolution):
     type = "Convolution"
     accel_op = "conv"
 
-    def compute_output_shape(self, sp):
-        g = self.geo
-        return [conv_out_dim(*a) for a in zip(sp, g.kernel, g.stride, g.pad, g.dilation)]
-
     def forward(self, bottom, top):
         bias = self.blobs[1].data if self.bias_term else None
         for b, t in zip(bottom, top):
@@ -348,10 +347,7 @@ class Deconvolution(BaseConvolution):
 
     type = "Deconvolution"
     reverse_dimensions = True
-
-    def compute_output_shape(self, sp):
-        g = self.geo
-        return [deconv_out_dim(*a) for a in zip(sp, g.kernel, g.stride, g.pad, g.dilation)]
+    out_dim = staticmethod(deconv_out_dim)
 
     def forward(self, bottom, top):
         bias = self.blobs[1].data if self.bias_term else None
