@@ -76,20 +76,29 @@ def net_options(command):
               help="A clock and the accuracy (%) measured there, predicted with the fitted profile; repeat.")
 @click.option("--holdout-tol", "--holdout_tol", "holdout_tol", type=float, default=15.0, show_default=True,
               help="Largest |predicted − given| of a held-out point, in points.")
+@click.option("--fit-jitter", "--fit_jitter", "fit_jitter", is_flag=True,
+              help="Fit t0 and the per-add jitter to the targets through the tail P(K <= 30) instead of the "
+                   "fixed-K curve (for nets whose first late horizon is already a collapse).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The calibrated *.devprofile.yaml.")
-def calibrate(model, weights, quant, iterations, seed, top_k, base, targets, holdouts, holdout_tol, out):
+def calibrate(model, weights, quant, iterations, seed, top_k, base, targets, holdouts, holdout_tol, fit_jitter,
+              out):
     """Fit the carry-horizon timing to accuracy losses.
 
     The paper's procedure (faults.md §8.4): the clean fixed-point net and the net at fixed carry horizons
     K = 30, 29, ... run on the same TEST images; where the loss curve crosses each --target gives a fractional
     horizon, and two targets give t0 and tau. Each --holdout is then simulated with the fitted profile. Writes
     the base profile with the fitted values, status calibrated and a `fit` block; exit code 3 when a held-out
-    point misses by more than --holdout-tol."""
-    run(_calibrate, model, weights, quant, iterations, seed, top_k, base, targets, holdouts, holdout_tol, out)
+    point misses by more than --holdout-tol. With --fit-jitter, each target's loss is matched by the fraction
+    P(K <= 30) of late-capable adds instead, and t0 and the per-add jitter are solved from those fractions
+    (tau kept from --base)."""
+    run(_calibrate, model, weights, quant, iterations, seed, top_k, base, targets, holdouts, holdout_tol, out,
+        fit_jitter)
 
 
-def _calibrate(model, weights, quant, iterations, seed, top_k, base_name, targets, holdouts, holdout_tol, out):
-    from ..accel.faults.calibrate import calibrate as fit_targets
+def _calibrate(model, weights, quant, iterations, seed, top_k, base_name, targets, holdouts, holdout_tol, out,
+               fit_jitter=False):
+    from ..accel.faults.calibrate import calibrate as fit_fixed_k
+    from ..accel.faults.calibrate_tail import calibrate_tail
     from ..accel.faults.profile import DeviceProfile, rebase_files, stem
     from .hits import TopKHits
 
@@ -99,13 +108,15 @@ def _calibrate(model, weights, quant, iterations, seed, top_k, base_name, target
     sha = model_sha(model, weights)
     metric = f"top-{top_k}"
     hits = TopKHits(model, weights, quant, iterations, fault_seed(seed), base, top_k=top_k)
+    fit_targets = calibrate_tail if fit_jitter else fit_fixed_k
     fitted, report = fit_targets(hits, base, targets, holdouts, holdout_tol, sha, log=_stderr, metric=metric)
     data = rebase_files(fitted.data, base, out)
     data["name"] = stem(out)
     DeviceProfile(data).dump(out)
     t = data["timing"]
     for r in report["targets"]:
-        click.echo(f"target {r['mhz']:g} MHz: delta {metric} {r['delta']:+g} points, kappa {r['kappa']:.3f}, "
+        how = f"P(K <= 30) {r['p_k30']:.3g}" if fit_jitter else f"kappa {r['kappa']:.3f}"
+        click.echo(f"target {r['mhz']:g} MHz: delta {metric} {r['delta']:+g} points, {how}, "
                    f"fitted K {r['K_fitted']}, simulated {r['simulated']:+.2f} points (SE {r['se']:.2f})")
     for h in report["heldout"]:
         click.echo(f"held-out {h['mhz']:g} MHz: predicted {metric} {h['predicted_top5']:.1f} % vs given "

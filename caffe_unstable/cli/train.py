@@ -30,8 +30,10 @@ EFFECTS = ("stop", "snapshot", "none")
               help="What SIGINT (Ctrl-C) does: stop, snapshot or none.")
 @click.option("--sighup_effect", "--sighup-effect", type=click.Choice(EFFECTS), default="snapshot",
               show_default=True, help="What SIGHUP does: snapshot, stop or none.")
+@click.option("--fault-log", "fault_log", type=click.Path(dir_okay=False), default=None,
+              help="Write one JSON line per TRAIN forward pass per accelerated layer (faults.md §10.4).")
 @accel_options
-def main(solver_file, solver_option, weights, snapshot, level, stage, sigint_effect, sighup_effect,
+def main(solver_file, solver_option, weights, snapshot, level, stage, sigint_effect, sighup_effect, fault_log,
          accel, quant, freq, ser, profile, seed, fault_layers):
     """Train with the solver SOLVER, as `caffe train --solver=SOLVER` does (--seed overrides random_seed)."""
     if solver_file and solver_option and solver_file != solver_option:
@@ -41,12 +43,13 @@ def main(solver_file, solver_option, weights, snapshot, level, stage, sigint_eff
         raise click.UsageError("Need a solver definition to train: cu-train SOLVER (or --solver=SOLVER).")
     run(train, path, weights=weights, snapshot=snapshot, level=level, stages=stage.split(","),
         sigint_effect=sigint_effect, sighup_effect=sighup_effect,
-        accel=accel, quant=quant, freq=freq, ser=ser, profile=profile, seed=seed, fault_layers=fault_layers)
+        accel=accel, quant=quant, freq=freq, ser=ser, profile=profile, seed=seed, fault_layers=fault_layers,
+        fault_log=fault_log)
 
 
 def train(path, weights=None, snapshot=None, level=0, stages=("",), sigint_effect="stop",
           sighup_effect="snapshot", accel=None, quant=None, freq=None, ser=None, profile=None, seed=None,
-          fault_layers=None, log=None):
+          fault_layers=None, fault_log=None, log=None):
     """Run `caffe train`; returns the solver after Solve."""
     from ..io import prototxt as pt
     from ..solvers import create_solver
@@ -80,14 +83,57 @@ def train(path, weights=None, snapshot=None, level=0, stages=("",), sigint_effec
             solver = create_solver(param, path, accel=acc, log=log)
             solver.set_action_function(action)
             report_accel(acc, solver.net, log)
+            faults_report = _fault_report(solver, acc, param.display, fault_log, log)
             if snapshot:
                 log.info(f"Resuming from {snapshot}", "caffe.cpp:235")
                 solver.restore(snapshot)
             log.info("Starting Optimization", "caffe.cpp:239")
             progress.follow(solver)
-            solver.solve()
+            try:
+                solver.solve()
+            finally:
+                if faults_report is not None:
+                    faults_report.close()
         log.info("Optimization Done.", "caffe.cpp:250")
     return solver
+
+
+class _FaultReport:
+    """`Faults TRAIN iters a-b: ...` every `display` iterations and the --fault-log lines of the TRAIN forwards
+    (faults.md §10.4), from the accelerator's counters after each iteration's forward-backward (the last
+    sub-batch's when iter_size > 1)."""
+
+    def __init__(self, solver, acc, display, path, log):
+        from ..accel.faults.report import FaultLog, FaultTally
+
+        self.solver, self.acc, self.display, self.log = solver, acc, max(int(display), 1), log
+        self.new_tally = FaultTally
+        self.tally, self.start = FaultTally(), None
+        self.writer = FaultLog(path) if path else None
+        self.indices = {name: i for i, name in enumerate(solver.net._layer_names)}
+        solver.add_callback(lambda: None, self.after_iteration)
+
+    def after_iteration(self):
+        it = self.solver.iter
+        self.start = it if self.start is None else self.start
+        self.tally.add(self.acc.last_stats)
+        if self.writer is not None:
+            self.writer.write(self.acc, self.indices)
+        if (it + 1) % self.display == 0:
+            self.log.info(self.tally.line(f"TRAIN iters {self.start}-{it}"), "faults.cpp:7")
+            self.tally, self.start = self.new_tally(), None
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _fault_report(solver, acc, display, fault_log, log):
+    if acc is None or not getattr(acc, "faulty", False):
+        if fault_log:
+            raise CaffeUnstableError("--fault-log", "there are no faults to log: give --freq, --ser or --profile")
+        return None
+    return _FaultReport(solver, acc, display, fault_log, log)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ In-process runs (CliRunner) take about 0.3 s per golden solver; the SIGKILL test
 (15-30 s on 2 cores).
 """
 import datetime
+import json
 import os
 import re
 import signal
@@ -446,3 +447,25 @@ def test_solver_is_required(tmp_path, monkeypatch):
     assert code == 2 and "Need a solver definition to train" in stderr
     code, stderr = cu_train("missing.prototxt")
     assert code == 1 and stderr.strip() == "error: missing.prototxt: no such file (SolverParameter prototxt)"
+
+
+def test_training_with_soft_errors_logs_faults_per_window(tmp_path, monkeypatch):
+    """faults.md §10.4: `Faults TRAIN iters a-b:` every display window, a --fault-log line per TRAIN forward and
+    accelerated layer, keyed (phase 0, iteration, pass 0); the fault seed is the solver's random_seed."""
+    monkeypatch.chdir(tmp_path)
+    _tiny(tmp_path, max_iter=4, snapshot=0, display=2)
+    (tmp_path / "tiny.quant.yaml").write_text("format: caffe_unstable.quant/1\nlayers:\n"
+                                              "  ip: {frac_w: 7, frac_din: 5, frac_dout: 5}\n")
+    code, stderr = cu_train("tiny_solver.prototxt", "--quant", "tiny.quant.yaml", "--ser", "0.01",
+                            "--fault-log", "faults.jsonl")
+    assert code == 0, stderr[-2000:]
+    assert "Fault model: mac_flip, rate 0.01 per MAC, site product, bits [0, 17], count hardware, N_MAC/image " \
+           "64 (1 flips expected), seed 3" in stderr
+    windows = [line.split("] ", 1)[1].split(":")[0] for line in stderr.splitlines() if "Faults TRAIN" in line]
+    assert windows == ["Faults TRAIN iters 0-1", "Faults TRAIN iters 2-3"]
+    records = [json.loads(line) for line in (tmp_path / "faults.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["iteration"], r["pass"], r["layer"], r["images"]) for r in records] == \
+        [(0, i, 0, "ip", 2) for i in range(4)]
+    code, stderr = cu_train("tiny_solver.prototxt", "--fault-log", "x.jsonl")
+    assert (code, stderr.splitlines()[-1]) == (1, "error: --fault-log: there are no faults to log: give --freq, "
+                                                  "--ser or --profile")

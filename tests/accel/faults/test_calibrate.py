@@ -58,3 +58,36 @@ def test_recovers_the_horizon_of_the_profile_that_made_the_targets():
     assert fitted.status == "calibrated" and fitted.data["fit"]["images"] == N
     assert [r["mhz"] for r in report["targets"]] == [250.0, 262.0]
     assert report["heldout"][0]["mhz"] == 270.0 and isinstance(report["heldout"][0]["passed"], bool)
+
+
+def test_jitter_tail_fit_recovers_t0_and_sigma():
+    """calibrate --fit-jitter on a net whose loss depends only on P(K <= 30) (faults.md §5.5): the targets made
+    by a known (t0, σ) give that (t0, σ) back, and the held-out clock is predicted."""
+    from statistics import NormalDist
+
+    from caffe_unstable.accel.faults.calibrate_tail import calibrate_tail
+
+    rng = np.random.default_rng(2)
+    v = rng.random(N)
+
+    def p_k30(profile, f):
+        t = profile.timing
+        z = (1000.0 / f - t["t0_ns"] - 31 * t["tau_ns_per_bit"]) / t["jitter_ns"]
+        return 1.0 - NormalDist().cdf(z)
+
+    def hits(horizon_k=None, profile=None, freq_mhz=None):
+        if profile is None:
+            return np.ones(N)
+        return (v >= min(1.0, 2.0 * p_k30(profile, freq_mhz))).astype(np.float64)   # half the late-capable adds break
+
+    base = DeviceProfile.load("pipecnn_kcu1500")
+    truth = DeviceProfile({**base.data, "timing": {**base.timing, "t0_ns": 1.60, "jitter_ns": 0.10}})
+    targets = [(f, 100 * (hits(profile=truth, freq_mhz=f).mean() - 1)) for f in (250, 258)]
+    fitted, report = calibrate_tail(hits, base, targets, holdouts=[(262, 100 * hits(profile=truth,
+                                                                                     freq_mhz=262).mean())])
+    t = fitted.timing
+    assert t["t0_ns"] == pytest.approx(1.60, abs=0.01) and t["jitter_ns"] == pytest.approx(0.10, rel=0.1)
+    assert t["tau_ns_per_bit"] == 0.070 and t["jitter_scope"] == "per_add" and fitted.status == "calibrated"
+    assert report["heldout"][0]["passed"]
+    for r in report["targets"]:
+        assert r["simulated"] == pytest.approx(r["delta"], abs=1.0)
