@@ -3,6 +3,7 @@ fault_vectors.json through `Launch(plan=...)`, and random plans on small random 
 (GEMM plus §4.4/§5.6 corrections where they are exact, the register loop for the lanes timing or stuck bits
 reach) equals the path "mac" (every output through the register loop) and the package's slow reference
 (faults.reference_layer, the §1.2 loop in NumPy)."""
+import dataclasses
 import json
 
 import numpy as np
@@ -333,3 +334,29 @@ def test_fast_corrections_on_first_layers_and_skinny_fc(shape):
     assert stats["path"] == "fast" and stats["outputs_changed"] > 0
     ref, _ = lay.reference(lp)
     assert np.array_equal(fast, ref)
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_fast_corrections_vec16_strides_and_flipped_padding(case):
+    """The corrections read int8 words of a zero-padded input copy (padded vec slots zeroed): VEC 16 (four words a
+    step), stride_w 2, and many activation/weight memory flips, so that some land on padding bytes, which the
+    §1.2 loop treats as 0 whatever they hold. fast == mac == reference."""
+    rng = np.random.default_rng(900 + case)
+    vec = (16, 4, 8, 16)[case]
+    lay = random_layer(rng, vec, (4, 3, 5, 2)[case], 1 + case % 2, 2, ((32, 32, 32), (20, 24, 30))[case % 2])
+    g = lay.geom
+    if g.W + 2 * g.pad_w >= g.Kw + 2:
+        lay = Layer(lay.x, lay.w, lay.b, dataclasses.replace(g, stride_w=2), lay.fmt, lay.relu, lay.hw)
+    g = lay.geom
+    gd = lay.fault_geometry()
+    lp = LayerPlan(0, "pads", gd, mac_events=random_mac_events(rng, g, lay.hw, 2 * g.N * g.O * g.Ho * g.Wo))
+    for kind, size, n_lo in (("weight_events", gd["N_WBYTES"], -1), ("act_events", gd["N_ABYTES"], 0)):
+        c = 60
+        setattr(lp, kind, records(MEM_EVENT_DTYPE, ["n", "addr", "bit"], n=rng.integers(n_lo, g.N, c),
+                                  addr=rng.integers(0, size, c), bit=rng.integers(0, 8, c)))
+    fast, sf = lay.run(lp, "fast")
+    mac, sm = lay.run(lp, "mac")
+    assert sf["path"] == "fast"
+    assert np.array_equal(fast, mac)
+    assert np.array_equal(fast, lay.reference(lp)[0])
+    assert sf["outputs_changed"] == sm["outputs_changed"]

@@ -8,10 +8,13 @@ faulty S of an output is the clean S plus the deltas, each read from the registe
 need is recomputed: VEC products for m_t, one chain prefix for A_t (extended incrementally when an output has
 several records), never a whole layer.
 
-`Corrector` is conv.conv_fast's sums_reader: it sees each GEMM block's clean sums (no conversion pass over the
-block) and columns, which hold the faulted outputs' operands exactly as the GEMM used them, in cache and with
-the zero padding in place; it computes those outputs' faulty sums, and `finish` writes their int8 values over
-the clean ones. Per faulted output it records whether the value changed and saturated.
+`Corrector` is conv.conv_fast's sums_reader: from each GEMM block it only takes the clean sums of the faulted
+outputs in it (found through a counting sort by GEMM row, no argsort); `finish` then computes their faulty sums
+in one pass over the outputs in plan order, on the ops' threads, and writes their int8 values over the clean
+ones. The operands come from int8 copies, not from the GEMM's float columns (4x larger, mostly evicted by then):
+the input zero-padded with its padded vec slots zeroed, and the weights in chain-major order (filter, chain,
+step), so a chain prefix is a contiguous run of VEC-byte words (measured on CaffeNet at 10^-4.5, one thread:
+75 -> 51 ms for 240k records). Per faulted output it records whether the value changed and saturated.
 """
 import numpy as np
 from numba import njit
@@ -72,65 +75,98 @@ def faulted_outputs(ev_key, rt_key):
     return keys[:m], rng[:m]
 
 
-def step_columns(geom):
-    """(2, L) int64 per MAC step t: where its products sit in a GEMM column (the K order of gemm.row_table:
-    channel-vector group, ky, kx, then the real vec slots) and how many real slots it has."""
+def chain_weights(wdev, geom):
+    """The real filters' weights in chain-major order, (O, P, I, VEC/4) int32 words, I = ceil(L / P): word k of
+    entry (o, r, i) holds the weights of vec slots 4k..4k+3 of step t = r + i P (little-endian bytes; zeros past
+    L), from the device weights (Z, Cb, Kh, Kw, LANE, VEC). A chain prefix is then one contiguous run."""
     g = geom
-    t = np.arange(g.L, dtype=np.int64)
-    count = np.minimum(g.vec, g.Cg - (t // (g.Kh * g.Kw)) * g.vec)
-    return np.ascontiguousarray(np.stack([np.cumsum(count) - count, count]))
-
-
-def column_weights(wdev, geom):
-    """The real filters' weights (O, K) int8 in GEMM column order, from the device weights
-    (Z, Cb, Kh, Kw, LANE, VEC)."""
-    g = geom
+    P, I = g.pipe, -(-g.L // g.pipe)
     steps = wdev.transpose(0, 4, 1, 2, 3, 5).reshape(g.Op, g.L, g.vec)[g.po:g.po + g.O]
-    real = np.arange(g.vec)[None, :] < step_columns(g)[1][:, None]
-    return np.ascontiguousarray(steps[:, real])
+    wc = np.zeros((g.O, I * P, g.vec), np.int8)
+    wc[:, :g.L] = steps
+    wc = wc.reshape(g.O, I, P, g.vec).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(wc).view(np.int32)
+
+
+def chain_offsets(geom):
+    """(P, I) int64: the offset, in int32 words of padded_input, of step t = r + i P's input relative to its
+    output's window corner, ((gb Hp + ky) Wp + kx) VEC/4 (0 past L, where the weights are 0)."""
+    g = geom
+    P, I = g.pipe, -(-g.L // g.pipe)
+    t = np.arange(I * P, dtype=np.int64)
+    gb, ky, kx = t // (g.Kh * g.Kw), (t // g.Kw) % g.Kh, t % g.Kw
+    off = ((gb * (g.H + 2 * g.pad_h) + ky) * (g.W + 2 * g.pad_w) + kx) * (g.vec // 4)
+    off[g.L:] = 0
+    return np.ascontiguousarray(off.reshape(I, P).T)
+
+
+def padded_input(x, geom):
+    """The device input (N', group, Cb, H, W, VEC) int8 zero-padded by pad on every side, with the padded vec
+    slots (channels >= Cg) zeroed: every operand the §1.2 loop treats as 0 is 0 here (memory faults may have
+    flipped padding bytes of x), so the corrections read whole VEC-byte words without bounds or slot checks."""
+    g = geom
+    n, group, cb, h, w, vec = x.shape
+    xp = np.zeros((n, group, cb, h + 2 * g.pad_h, w + 2 * g.pad_w, vec), np.int8)
+    xp[:, :, :, g.pad_h:g.pad_h + h, g.pad_w:g.pad_w + w] = x
+    if g.Cg < cb * vec:
+        xp[:, :, cb - 1, :, :, g.Cg - (cb - 1) * vec:] = 0
+    return xp
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _chain_sum(cols, row, wk, o, tab, t0, t1, step):
-    """Sum of the clean dot products m_t over t = t0, t0 + step, ... <= t1 of output o at GEMM row `row`: its
-    column (the operands as the GEMM saw them, zero padding included) against its weights, both in column
-    order. Each m_t is formed in float32 (exact: at most 16 products of magnitude <= 2^14) as a tree, then
-    summed in int64, so that no long chain of dependent float adds sets the pace."""
-    m = np.int64(0)
-    for t in range(t0, t1 + 1, step):
-        k0 = tab[0, t]
-        if tab[1, t] == 4:
-            s = ((cols[row, k0] * np.float32(wk[o, k0]) + cols[row, k0 + 1] * np.float32(wk[o, k0 + 1]))
-                 + (cols[row, k0 + 2] * np.float32(wk[o, k0 + 2]) + cols[row, k0 + 3] * np.float32(wk[o, k0 + 3])))
-        else:
-            s = np.float32(0.0)
-            for v in range(tab[1, t]):
-                s += cols[row, k0 + v] * np.float32(wk[o, k0 + v])
-        m += np.int64(s)
-    return m
+def _dot4(a, b):
+    """The dot product of the four signed bytes of int32 words a and b (slot v in byte v). Each byte is shifted
+    to the top and back arithmetically; np.int32 keeps the shifts 32-bit (numba widens them to int64)."""
+    a0, b0 = np.int32(a << 24) >> 24, np.int32(b << 24) >> 24
+    a1, b1 = np.int32(a << 16) >> 24, np.int32(b << 16) >> 24
+    a2, b2 = np.int32(a << 8) >> 24, np.int32(b << 8) >> 24
+    return np.int32(a0 * b0 + a1 * b1 + a2 * b2 + (a >> 24) * (b >> 24))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def correct_outputs(acc, chunked, cols, sel, rowbase, fo_key, fo_rng, ev_t, ev_site, ev_bit, rt_t, rt_bit, wk,
-                    tab, dims, rb, nsh, relu, widths, fo_s, fo_flags, i0, i1):
-    """Faulted outputs sel[i0:i1] (indices into fo_key) of one GEMM block of group j: their faulty int32 sums
-    into fo_s, and fo_flags = 2 if the int8 output changed, | 4 if it saturated.
+def _chain_sum(xw, xbase, off, wcw, wbase, nw, i0, i1):
+    """Sum over chain entries i in [i0, i1) of the clean dot products m_t, modulo 2^32 (callers use it only
+    modulo 2^32): the input words xw[xbase + off[i] + k] against the weight words wcw[wbase + i nw + k],
+    k < nw = VEC/4. With VEC = 4 a step is one word of each, and the loop vectorises (a gather of the inputs)."""
+    acc = np.int32(0)
+    if nw == 1:
+        for i in range(i0, i1):
+            acc = np.int32(acc + _dot4(np.int32(xw[xbase + off[i]]), np.int32(wcw[wbase + i])))
+    else:
+        for i in range(i0, i1):
+            for k in range(nw):
+                acc = np.int32(acc + _dot4(np.int32(xw[xbase + off[i] + k]), np.int32(wcw[wbase + i * nw + k])))
+    return np.int64(acc)
 
-    acc (positions, Og): the block's clean sums as floats (exact integers; float64 sums are taken modulo 2^32);
-    cols (positions, K): the block's GEMM columns; row = rowbase + y Wo + x; wk (O, K): column_weights;
-    tab: step_columns; dims: (O, Og, j, Ho, Wo, PIPE_DEPTH)."""
-    o_total, og, j, ho, wo, pipe = dims[0], dims[1], dims[2], dims[3], dims[4], dims[5]
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev_site, ev_bit, rt_t, rt_bit, rb,
+                    nsh, relu, widths, out, fo_flags, i0, i1):
+    """Faulted outputs [i0, i1) of fo_key (sorted keys ((n O + o) Ho + y) Wo + x): the faulty int32 sum from the
+    clean one (fo_clean) and the records (faults.md §4.4, §5.6), written as int8 into device activations out
+    (N', Ob, Ho, Wo, VEC); fo_flags = 2 if the int8 output changed, | 4 if it saturated. rel_of maps a launch
+    image to its row of x and out (-1: not in this run); geo: (Kh, Kw, sh, sw, ph, pw, O, Og, Ho, Wo, P)."""
+    sh, sw = geo[2], geo[3]
+    o_total, og, ho, wo, pipe = geo[6], geo[7], geo[8], geo[9], geo[10]
+    group, cb, hp, wpd, nw = xp.shape[1], xp.shape[2], xp.shape[3], xp.shape[4], xp.shape[5] // 4
+    xw = xp.reshape(-1).view(np.int32)
+    wcw = wc.reshape(-1)
+    ni = wc.shape[2]
     wp, wa, wf = widths[0], widths[1], widths[2]
+    vec_out = out.shape[4]
     D = np.zeros(pipe, np.int64)
     pre_t = np.zeros(pipe, np.int64)
     pre_v = np.zeros(pipe, np.int64)
-    for i in range(i0, i1):
-        f_i = sel[i]
+    for f_i in range(i0, i1):
         key = fo_key[f_i]
+        n = rel_of[key // (wo * ho * o_total)]
+        if n < 0:
+            continue
         xo = key % wo
         y = (key // wo) % ho
         o = (key // (wo * ho)) % o_total
-        row = rowbase[i] + y * wo + xo
+        j = o // og
+        xbase = ((n * group + j) * cb * hp * wpd + y * sh * wpd + xo * sw) * nw
         for r in range(pipe):
             D[r] = 0
             pre_t[r] = r - pipe
@@ -151,7 +187,8 @@ def correct_outputs(acc, chunked, cols, sel, rowbase, fo_key, fo_rng, ev_t, ev_s
             while e < e1 and (ev_site[e] == 2 or (ev_t[e] == t and ev_site[e] == 0)):
                 if ev_site[e] == 0:
                     if not have_m:
-                        mt = _chain_sum(cols, row, wk, o, tab, t, t, 1)
+                        mt = _chain_sum(xw, xbase, off[r], wcw, (o * pipe + r) * ni * nw, nw, t // pipe,
+                                        t // pipe + 1)
                         have_m = True
                     d = _flip_delta(_wrap32(mt + dm), np.int64(ev_bit[e]), wp)
                     dm += d
@@ -163,13 +200,12 @@ def correct_outputs(acc, chunked, cols, sel, rowbase, fo_key, fo_rng, ev_t, ev_s
             while e < e1 and (ev_site[e] == 2 or (ev_t[e] == t and ev_site[e] == 1)):
                 if ev_site[e] == 1:
                     if pre_t[r] < t:
-                        pre_v[r] += _chain_sum(cols, row, wk, o, tab, pre_t[r] + pipe, t, pipe)
+                        pre_v[r] += _chain_sum(xw, xbase, off[r], wcw, (o * pipe + r) * ni * nw, nw,
+                                               pre_t[r] // pipe + 1, t // pipe + 1)
                         pre_t[r] = t
                     D[r] += _flip_delta(_wrap32(pre_v[r] + D[r]), np.int64(ev_bit[e]), wa)
                 e += 1
-        clean = np.int64(acc[row, o - j * og])
-        if chunked:
-            clean = _wrap32(clean)
+        clean = fo_clean[f_i]
         s = clean
         for r in range(pipe):
             s += D[r]
@@ -177,9 +213,10 @@ def correct_outputs(acc, chunked, cols, sel, rowbase, fo_key, fo_rng, ev_t, ev_s
         for e in range(fo_rng[f_i, 0], fo_rng[f_i, 1]):
             if ev_site[e] == 2:
                 s = _wrap32(s + _flip_delta(s, np.int64(ev_bit[e]), wf))
-        fo_s[f_i] = s
+        yv = _convert(s, rb[o], nsh, relu)
+        out[n, o // vec_out, y, xo, o % vec_out] = yv
         flag = 0
-        if _convert(s, rb[o], nsh, relu) != _convert(clean, rb[o], nsh, relu):
+        if yv != _convert(clean, rb[o], nsh, relu):
             flag = 2
         r1 = (s + (np.int64(1) << (nsh - 1))) >> nsh
         if r1 >= 128 or r1 <= -129:
@@ -188,64 +225,80 @@ def correct_outputs(acc, chunked, cols, sel, rowbase, fo_key, fo_rng, ev_t, ev_s
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def scatter_outputs(out, fo_key, fo_s, rel_of, rb, nsh, relu, o_total, ho, wo):
-    """The faulted outputs' int8 values into device activations out (N', Ob, Ho, Wo, VEC); rel_of maps a launch
-    image to its row of out (-1: not in this run)."""
-    vec = out.shape[4]
+def block_index(fo_key, rel_of, o_total, og, hw, npos, group):
+    """Counting sort of the faulted outputs by (group, GEMM row): start ((group npos + 1),) and order, so that
+    the outputs of rows [p0, p1) of group j are order[start[j npos + p0]:start[j npos + p1]]; row = the image's
+    row in this run times hw plus y Wo + x (outputs of images not in the run are left out)."""
+    start = np.zeros(group * npos + 1, np.int64)
+    slot = np.full(len(fo_key), -1, np.int64)
     for i in range(len(fo_key)):
         key = fo_key[i]
-        n = rel_of[key // (wo * ho * o_total)]
+        n = rel_of[key // (hw * o_total)]
         if n < 0:
             continue
-        o = (key // (wo * ho)) % o_total
-        out[n, o // vec, (key // wo) % ho, key % wo, o % vec] = _convert(fo_s[i], rb[o], nsh, relu)
+        o = (key // hw) % o_total
+        slot[i] = (o // og) * npos + n * hw + key % hw
+        start[slot[i] + 1] += 1
+    for i in range(group * npos):
+        start[i + 1] += start[i]
+    fill = start[:-1].copy()
+    order = np.empty(start[-1], np.int64)
+    for i in range(len(fo_key)):
+        if slot[i] >= 0:
+            order[fill[slot[i]]] = i
+            fill[slot[i]] += 1
+    return start, order
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def take_clean(acc, wrap, sel, fo_key, fo_clean, rel_of, o_total, og, j, hw, p0):
+    """fo_clean of the faulted outputs sel (all in GEMM rows [p0, p0 + len(acc)) of group j): their clean int32
+    sums from the block's acc (positions, Og) (float, exact integers; K-chunked float64 sums wrap modulo 2^32)."""
+    for i in range(len(sel)):
+        f = sel[i]
+        key = fo_key[f]
+        row = rel_of[key // (hw * o_total)] * hw + key % hw - p0
+        v = np.int64(acc[row, (key // hw) % o_total - j * og])
+        fo_clean[f] = _wrap32(v) if wrap else v
 
 
 class Corrector:
     """The fast path's sums_reader for one launch: the faulted outputs' records (sorted keys ((n O + o) Ho + y) Wo
-    + x of MAC-flip and rate records) and the weights their operands are multiplied with (column_weights; the
-    inputs come with each block's GEMM columns). Called on each
-    GEMM block, it computes the faulty sums of that block's faulted outputs; `finish` writes their int8 values
-    over the clean ones. imgs maps the GEMM's image rows to launch images (a weight variant runs a subset); sat,
-    when given ((N, O, Ho, Wo) bool), receives every output's saturation (memory faults change outputs that have
-    no record)."""
+    + x of MAC-flip and rate records). Called on each GEMM block, it keeps the clean sums of that block's faulted
+    outputs; `finish` computes their faulty sums from the records, reading the operands from the int8 device
+    input and weights (column_weights), in parallel over outputs, and writes their int8 values over the clean
+    ones. imgs maps the GEMM's image rows to launch images (a weight variant runs a subset); x is the GEMM's
+    input (one row per image of imgs); sat, when given ((N, O, Ho, Wo) bool), receives every output's
+    saturation (memory faults change outputs that have no record)."""
 
-    def __init__(self, mac, rate, wk, rb, geom, fmt, relu, widths, imgs, sat=None):
+    def __init__(self, mac, rate, wk, rb, geom, fmt, relu, widths, imgs, x, sat=None):
         g = geom
         self.mac, self.rate = mac, rate
         self.fo_key, self.fo_rng = faulted_outputs(mac["key"], rate["key"])
-        self.fo_s = np.zeros(len(self.fo_key), np.int64)
+        self.fo_clean = np.zeros(len(self.fo_key), np.int64)
         self.flags = np.zeros(len(self.fo_key), np.uint8)
-        self.wk = wk
+        self.wk, self.x = wk, padded_input(x, g)
         self.rb, self.g, self.fmt, self.relu = rb, g, fmt, relu
         self.widths = np.asarray(widths, np.int64)
         self.imgs = np.asarray(imgs, np.int64)
         self.sat = sat
-        self.tab = step_columns(g)
-        self.dims = [np.array([g.O, g.Og, j, g.Ho, g.Wo, g.pipe], np.int64) for j in range(g.group)]
-        # the faulted outputs by (group, position in the GEMM's rows): a block [p0, p1) of group j is one range
-        hw = g.Ho * g.Wo
-        rel_of = np.full(g.N, -1, np.int64)
-        rel_of[self.imgs] = np.arange(len(self.imgs))
-        key = self.fo_key
-        self.pos = rel_of[key // (g.O * hw)] * hw + key % hw
-        group_of = (key // hw) % g.O // g.Og
-        self.order = np.argsort(group_of * (len(self.imgs) * hw) + self.pos)
-        self.sorted_key = (group_of * (len(self.imgs) * hw) + self.pos)[self.order]
+        self.off = chain_offsets(g)
+        self.geo = np.array([g.Kh, g.Kw, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.O, g.Og, g.Ho, g.Wo, g.pipe],
+                            np.int64)
+        self.rel_of = np.full(g.N, -1, np.int64)
+        self.rel_of[self.imgs] = np.arange(len(self.imgs))
+        self.npos = len(self.imgs) * g.Ho * g.Wo
+        self.start, self.order = block_index(self.fo_key, self.rel_of, g.O, g.Og, g.Ho * g.Wo, self.npos, g.group)
 
     def __call__(self, j, p0, p1, acc, cols):
         g = self.g
         hw = g.Ho * g.Wo
         if len(self.fo_key):
-            base = j * len(self.imgs) * hw
-            lo, hi = np.searchsorted(self.sorted_key, [base + p0, base + p1])
-            if hi > lo:
-                sel = self.order[lo:hi]
-                rowbase = self.pos[sel] - self.pos[sel] % hw - p0
-                split(correct_outputs, len(sel), (hi - lo) * g.L * g.vec // 8, acc, acc.dtype == np.float64, cols,
-                      sel, rowbase, self.fo_key, self.fo_rng, self.mac["t"], self.mac["site"], self.mac["bit"],
-                      self.rate["t"], self.rate["bit"], self.wk, self.tab, self.dims[j], self.rb, self.fmt.n,
-                      self.relu, self.widths, self.fo_s, self.flags)
+            base = j * self.npos
+            sel = self.order[self.start[base + p0]:self.start[base + p1]]
+            if len(sel):
+                take_clean(acc, acc.dtype == np.float64, sel, self.fo_key, self.fo_clean, self.rel_of, g.O, g.Og, j,
+                           hw, p0)
         if self.sat is not None:
             S = acc.astype(np.int64)
             S = (S + (1 << 31)) % (1 << 32) - (1 << 31)
@@ -257,9 +310,14 @@ class Corrector:
             self.sat.reshape(-1)[flat] = sat
 
     def finish(self, out, rel_of):
-        """Write the faulted outputs over out (the rows rel_of names), and their saturation into sat."""
+        """Correct the faulted outputs and write them over out (the rows rel_of names), and their saturation into
+        sat."""
         g = self.g
-        scatter_outputs(out, self.fo_key, self.fo_s, rel_of, self.rb, self.fmt.n, self.relu, g.O, g.Ho, g.Wo)
+        if len(self.fo_key):
+            mac, rate = self.mac, self.rate
+            split(correct_outputs, len(self.fo_key), len(self.fo_key) * g.L * g.vec // 8, self.x, self.wk, self.off,
+                  self.geo, self.fo_key, self.fo_rng, self.fo_clean, rel_of, mac["t"], mac["site"], mac["bit"],
+                  rate["t"], rate["bit"], self.rb, self.fmt.n, self.relu, self.widths, out, self.flags)
         if self.sat is not None and len(self.fo_key):
             self.sat.reshape(-1)[self.fo_key] = (self.flags & 4) != 0
 

@@ -23,7 +23,7 @@ from ...faults import plan as fplan
 from ...faults.indexing import GEOMETRY_KEYS, geometry_from
 from ...quant import bias_term
 from . import conv, mac_run
-from .corrections import Corrector, column_weights
+from .corrections import Corrector, chain_weights
 from .memory_faults import faulty_input, weight_variants
 
 SITE_CODES = {"accumulate": 0, "final_reduce": 1, "adder_tree": 2}
@@ -143,8 +143,9 @@ class PlanConv:
         sat = np.zeros((g.N, g.O, g.Ho, g.Wo), bool) if self.memory else None
         flags = np.zeros((g.N, g.O, g.Ho, g.Wo), np.uint8) if self.in_loop.any() else None
         hw = g.Ho * g.Wo
-        in_loop_rec = {name: self.in_loop[arr["key"] // (g.O * hw), (arr["key"] // hw) % g.O]
-                       for name, arr in (("mac", self.mac), ("rate", self.rate))}
+        any_loop = self.in_loop.any()        # (soft errors alone: no record goes to the loop, skip the lookup)
+        in_loop_rec = {name: self.in_loop[arr["key"] // (g.O * hw), (arr["key"] // hw) % g.O] if any_loop
+                       else np.zeros(len(arr["key"]), bool) for name, arr in (("mac", self.mac), ("rate", self.rate))}
         changed = saturated = late = 0
         used_fast = used_loop = False
         for imgs, wdev, bias in variants:
@@ -200,27 +201,25 @@ class PlanConv:
             if not whole:
                 keep &= np.isin(arr["key"] // (g.O * g.Ho * g.Wo), imgs)
             pick[name] = _select(arr, keep) if not keep.all() else arr
+        xs = x if whole else x[imgs]
         fix = None
         if len(pick["mac"]["key"]) or len(pick["rate"]["key"]) or sat is not None:
             fix = Corrector(pick["mac"], pick["rate"], self._column_weights(wdev), rb, g, self.stage.fmt,
-                            self.stage.relu, self.widths, imgs, sat)
-        xs = x if whole else x[imgs]
+                            self.stage.relu, self.widths, imgs, xs, sat)
         dst = out if whole else np.zeros((len(imgs),) + out.shape[1:], out.dtype)
         conv.conv_fast(xs, weights, rb, self.stage, dst, None, self.be._scratch_buffer, fix)
         if fix is not None:
-            rel_of = np.full(g.N, -1, np.int64)
-            rel_of[imgs] = np.arange(len(imgs))
-            fix.finish(dst, rel_of)
+            fix.finish(dst, fix.rel_of)
         if not whole:
             out[imgs] = dst
         return fix.counts() if fix is not None else (0, 0)
 
     def _column_weights(self, wdev):
-        """corrections.column_weights of wdev, cached for the slot's device weights (rebuilt after an upload)."""
+        """corrections.chain_weights of wdev, cached for the slot's device weights (rebuilt after an upload)."""
         cached = self.mem.get("_column_weights")
         if cached is not None and cached[0] is wdev:
             return cached[1]
-        wk = column_weights(wdev, self.g)
+        wk = chain_weights(wdev, self.g)
         if wdev is self.mem.get("weights"):
             self.mem["_column_weights"] = (wdev, wk)
         return wk
