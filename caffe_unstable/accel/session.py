@@ -34,7 +34,9 @@ class Accelerator:
     `fault_layers` (layer names that get faults; None = every accelerated conv/FC), `path` ("auto": the fastest
     exact path for the layer's plan, "fast", "mac": always the register-level MAC-order loop), `fixed_plan`
     (a faults.FaultPlan replayed on every forward; None = sample a fresh plan per forward), `last_plan`,
-    `last_stats` (layer name -> the --fault-log fields of the latest forward), `fixed_events` (layer name ->
+    `last_stats` (layer name -> the --fault-log fields of the latest forward), `last_hits` (layer name -> bool
+    (N, O, Ho, Wo) of the outputs with a late carry-horizon add, where the backend ran the register loop),
+    `fixed_events` (layer name ->
     MAC_EVENT_DTYPE records replayed on every forward: the older explicit-record hook).
     """
 
@@ -60,6 +62,7 @@ class Accelerator:
         self.last_plan = None
         self.fixed_events = {}
         self.last_stats = {}
+        self.last_hits = {}          # layer name -> bool (N, O, Ho, Wo): outputs with a late add (carry horizon)
         self._pass = None            # the current pass's rng.PassKey (None: no faults are sampled)
         self._uploaded = {}          # slot -> (int8 weights, int8 bias or None, format/shape key) on the device
         self._geometry = {}          # slot -> (ConvGeometry, faults geometry dict)
@@ -73,7 +76,7 @@ class Accelerator:
         """Start one forward pass (faults.md §3.1 key: phase, iteration, pass_): a fresh `last_plan`/`last_stats`."""
         from .faults import FaultPlan, PassKey
 
-        self.last_stats = {}
+        self.last_stats, self.last_hits = {}, {}
         if self.fixed_plan is not None:
             self._pass = None
             self.last_plan = self.fixed_plan
@@ -164,6 +167,8 @@ class Accelerator:
         self._read_back(slot, "conv", geom.O, fmt.frac_dout, out)
         self.last_stats[slot] = layer_stats(launch.stats, plan, geom.N, (t1 - t0) * 1e3,
                                             (time.perf_counter() - t0) * 1e3)
+        if launch.stats.get("hit_mask") is not None:
+            self.last_hits[slot] = launch.stats["hit_mask"]
         return launch
 
     def pool(self, slot, x, frac, stage, out):

@@ -132,3 +132,47 @@ def test_solver_state_keys_the_plans(shared, monkeypatch):
     monkeypatch.setattr(acc, "begin_pass", spy)
     solver.step(3)
     assert seen == [(1, 0, 0), (1, 0, 1), (0, 0, 0), (0, 1, 0), (1, 2, 0), (1, 2, 1), (0, 2, 0)]
+
+
+def _real_batch(shared, net_name, n=8):
+    from caffe_unstable.data.datasets import read_cifar_bin, read_idx
+    from caffe_unstable.io.blobproto import blobproto_to_array
+    from caffe_unstable.io.prototxt import read_blob_proto
+
+    if net_name == "lenet":
+        x = read_idx(shared / "data/mnist/t10k-images-idx3-ubyte.gz")[:n].astype(np.float32) * np.float32(1 / 256)
+        return x[:, None]
+    images, _ = read_cifar_bin(shared / "data/cifar10/test_batch.bin.xz")
+    mean = blobproto_to_array(read_blob_proto(shared / "models/cifar10_quick/mean.binaryproto"))[0]
+    return images[:n].astype(np.float32) - mean
+
+
+@pytest.mark.parametrize("net_name,model,weights,table", [
+    ("lenet", "lenet_mnist/lenet.prototxt", "lenet_mnist/lenet_iter_10000.caffemodel", "lenet.quant.yaml"),
+    ("cifar10_quick", "cifar10_quick/cifar10_quick.prototxt", "cifar10_quick/cifar10_quick_iter_5000.caffemodel.h5",
+     "cifar10_quick.quant.yaml")])
+def test_outputs_hit_are_nested_in_frequency(shared, net_name, model, weights, table):
+    """faults.md §13 item 5: with one seed and per-add jitter, the outputs hit at f are a subset of those hit at
+    f + 5 MHz, f = 240 ... 300 (each layer alone gets faults, so it sees the same input at every clock)."""
+    x = _real_batch(shared, net_name)
+    clean = caffe.Net(str(shared / "models" / model), str(shared / "models" / weights), caffe.TEST,
+                      accel=caffe.accel.open("numba", quant=str(TABLES / table)))
+    convs = [n for n in clean._layer_names if clean.layer_dict[n].type in ("Convolution", "InnerProduct")]
+    grew = 0
+    for layer in convs:
+        previous = None
+        for f in range(240, 305, 5):
+            acc = caffe.accel.open("numba", quant=str(TABLES / table), freq_mhz=f, seed=3, fault_layers=[layer])
+            net = caffe.Net(str(shared / "models" / model), str(shared / "models" / weights), caffe.TEST, accel=acc)
+            net.blobs[net.inputs[0]].reshape(*x.shape)
+            net.blobs[net.inputs[0]].data[...] = x
+            net.forward()
+            hit = acc.last_hits.get(layer)
+            hit = np.zeros(net.blobs[net.top_names[layer][0]].data.shape, bool) if hit is None else hit
+            assert int(hit.sum()) == acc.last_stats[layer]["outputs_hit"]
+            if previous is not None:
+                assert not (previous & ~hit).any(), (layer, f)        # hit at f - 5 => hit at f
+                grew += int(hit.sum() > previous.sum())
+            previous = hit
+        assert previous.any(), layer                                    # 300 MHz hits every layer
+    assert grew >= len(convs)

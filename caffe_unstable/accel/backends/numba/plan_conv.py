@@ -174,6 +174,7 @@ class PlanConv:
         only_stuck = not (len(lp.mac_events) or len(lp.rate_events) or lp.timing is not None
                           or len(lp.weight_events) or len(lp.act_events))
         stats["stuck_outputs_changed"] = 0 if not len(lp.stuck) else (changed if only_stuck else None)
+        stats["hit_mask"] = (flags & 1) != 0 if flags is not None else None     # (N, O, Ho, Wo): a late add
         return stats
 
     def _bias_terms(self, bias):
