@@ -310,7 +310,7 @@ def test_stats_fields_and_events_next_to_a_plan():
     assert np.array_equal(both, lay.reference(merged)[0])
     assert set(launch.stats) == {"path", "mac_flips", "masked", "outputs_changed", "outputs_saturated",
                                  "rate_events", "late_adds", "outputs_hit", "weight_flips", "act_flips",
-                                 "stuck_outputs_changed"}
+                                 "stuck_outputs_changed", "hit_mask"}
     assert launch.stats["mac_flips"] == 6 and launch.stats["rate_events"] == len(lp.rate_events)
 
 
