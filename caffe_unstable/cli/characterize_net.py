@@ -146,25 +146,47 @@ def _calibrate(model, weights, quant, iterations, seed, top_k, base_name, target
               show_default=True, help="Simulated checks the expectation is made of.")
 @click.option("--degraded-min", "--degraded_min", "degraded_min", type=click.FloatRange(0, 1, min_open=True),
               default=0.9, show_default=True, help="Level 2 (degraded) needs top-5 >= this; below is level 3.")
+@click.option("--images", "images", type=click.Path(dir_okay=False), default=None,
+              help="An image list (Caffe's `path label` lines) to take the candidates from instead of the TEST "
+                   "data; read through an ImageData layer with the data layer's transform_param.")
+@click.option("--root-folder", "--root_folder", "root_folder", default="",
+              help="Folder the --images paths are relative to.")
+@click.option("--gray", is_flag=True, help="Decode the --images as one-channel images (MNIST-like nets).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The set, *.canaries.npz.")
-def canaries(model, weights, quant, iterations, count, profile, freq, ser, seed, expect_checks, degraded_min, out):
+def canaries(model, weights, quant, iterations, count, profile, freq, ser, seed, expect_checks, degraded_min,
+             images, root_folder, gray, out):
     """Make a canary set.
 
-    The candidates are the images of the model's TEST-phase data layer (--iterations batches); the set keeps
+    The candidates are the images of the model's TEST-phase data layer, or of --images (--iterations batches);
+    the set keeps
     --count of them, preferring those whose clean top-1 is correct and whose top-1/top-2 margin is smallest (the
     most sensitive). Stored per canary: the int8 input the first accelerated layer receives, the clean
     fixed-point output of the last accelerated layer, its top-5 and the label (faults.md §9). With --freq or
     --ser (and --profile) the set also holds the check expected at that operating point, simulated."""
     run(_canaries, model, weights, quant, iterations, count, profile, freq, ser, seed, expect_checks,
-        degraded_min, out)
+        degraded_min, out, images, root_folder, gray)
+
+
+def _candidate_net(model, weights, acc, seed, images, root_folder, gray):
+    """The TEST net the candidates come from: the model's own data, or the --images list through it (batches
+    no larger than the list)."""
+    from ..io.prototxt import read_net_text
+    from ..log import NullLogger
+    from ..net.deploy import data_layers_to_image_list
+    from ..net.net import TEST, Net
+
+    if images is None:
+        return Net(model, TEST, weights=weights, accel=acc, rng=seed, log=NullLogger())
+    with open(images) as f:
+        listed = sum(1 for line in f if line.strip())
+    param = data_layers_to_image_list(read_net_text(model), images, root_folder, max_batch=listed, gray=gray)
+    return Net(param, TEST, weights=weights, accel=acc, rng=seed, log=NullLogger(), source=model)
 
 
 def _canaries(model, weights, quant, iterations, count, profile_name, freq, ser, seed, expect_checks,
-              degraded_min, out):
+              degraded_min, out, images=None, root_folder="", gray=False):
     from .. import accel
     from ..accel.faults.canaries import FORMAT, CanarySet, LEVELS, quant_sha256, top5
-    from ..log import NullLogger
-    from ..net.net import TEST, Net
     from . import canary as cn
 
     check_operating_point(freq, ser)
@@ -176,14 +198,15 @@ def _canaries(model, weights, quant, iterations, count, profile_name, freq, ser,
         _warn(profile.warnings() + [profile.check_freq(freq)])
     hw = {k: v for k, v in profile.accelerator.items() if k in accel.HwConfig.keys()} if profile else {}
     clean = accel.open("numba", quant=quant, **hw)
-    net = Net(model, TEST, weights=weights, accel=clean, rng=seed, log=NullLogger())
+    net = _candidate_net(model, weights, clean, seed, images, root_folder, gray)
     inputs, scores, labels = cn.candidates(net, iterations)
     chosen, correct, margin = cn.select(scores, labels, count)
     canary = cn.CanaryNet(model, weights, clean, net, count)
     ref = canary.run(inputs[chosen], None)
     meta = {"format": FORMAT, "model_sha256": sha, "quant_sha256": quant_sha256(clean.quant.layers),
             "count": count, "created_with": _tool(), "degraded_min": degraded_min, "expected": [],
-            "source": f"TEST data, {iterations} batches, {len(inputs)} images", "input_blob": canary.ends.input_blob,
+            "source": (f"{images}, " if images else "TEST data, ") + f"{iterations} batches, {len(inputs)} images",
+            "input_blob": canary.ends.input_blob,
             "input_frac": canary.ends.input_frac, "output_layer": canary.net._layer_names[canary.ends.output_layer],
             "output_frac": canary.ends.output_frac}
     if freq is not None or ser is not None:
@@ -197,7 +220,8 @@ def _canaries(model, weights, quant, iterations, count, profile_name, freq, ser,
     CanarySet(meta, inputs[chosen], labels[chosen], ref, top5(ref)).save(out)
     e = canary.ends
     shape = list(inputs.shape[1:])
-    click.echo(f"Wrote {out}: {count} canaries from {len(inputs)} TEST images ({int(correct[chosen].sum())} with "
+    click.echo(f"Wrote {out}: {count} canaries from {len(inputs)} {'listed' if images else 'TEST'} images "
+               f"({int(correct[chosen].sum())} with "
                f"top-1 correct; {cn.describe_margins(margin[chosen])}); input '{e.input_blob}' {shape} at F = "
                f"{e.input_frac}, output of layer '{meta['output_layer']}' [{ref.shape[1]}] at F = {e.output_frac}")
     for x in meta["expected"]:

@@ -28,3 +28,41 @@ def data_layers_to_inputs(param, shapes):
         for top in layer.top:
             new.input_param.shape.add().dim.extend(int(d) for d in shapes[top])
     return out
+
+
+def data_layers_to_image_list(param, source, root_folder="", max_batch=None, gray=False):
+    """A copy of `param` in which every TEST-phase data layer with two tops (data, label) reads the image list
+    `source` (Caffe's `path label` lines) through an ImageData layer, keeping its name, tops, include/exclude
+    rules and transform_param (crop, mean, scale, mirror): the same preprocessing applied to other images.
+    Batches are at most `max_batch` images; `gray` decodes one channel."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    out.ClearField("layer")
+    changed = 0
+    for layer in param.layer:
+        new = out.layer.add()
+        new.CopyFrom(layer)
+        if len(layer.bottom) or len(layer.top) != 2 or layer.type == "Input":
+            continue
+        batch = min(_batch_size(layer), max_batch or _batch_size(layer))
+        new.ClearField("type")
+        for field in ("data_param", "image_data_param", "hdf5_data_param", "memory_data_param", "window_data_param",
+                      "dummy_data_param"):
+            new.ClearField(field)
+        new.type = "ImageData"
+        new.image_data_param.source = str(source)
+        new.image_data_param.root_folder = str(root_folder)
+        new.image_data_param.batch_size = int(batch)
+        new.image_data_param.is_color = not gray
+        changed += 1
+    if not changed:
+        raise CaffeUnstableError("--images", "the net has no data layer with a data and a label top to read the "
+                                             "image list through")
+    return out
+
+
+def _batch_size(layer):
+    for field in ("data_param", "image_data_param", "hdf5_data_param", "memory_data_param"):
+        if layer.HasField(field) and getattr(layer, field).batch_size:
+            return getattr(layer, field).batch_size
+    return 1

@@ -581,3 +581,30 @@ def test_canaries_refusals_are_one_line(lenet, tmp_path, extra, message):
     out = tmp_path / "x.canaries.npz"
     code, _, stderr = cli("canaries", *lenet_args(lenet), *extra, "--out", out)
     assert (code, stderr.splitlines()[-1]) == (1, f"error: {message}") and not out.exists()
+
+
+def test_canary_candidates_from_an_image_list(lenet, tmp_path):
+    """--images LIST: the candidates are listed PNGs, read through an ImageData layer with the data layer's
+    transform (scale 1/256 here), so they quantise exactly as the same pictures from the LMDB do."""
+    import cv2
+
+    model, weights = lenet
+    net = Net(str(model), TEST, weights=str(weights), log=NullLogger())
+    net.forward()
+    pixels = np.rint(net.blobs["data"].data[:12, 0] * 256).astype(np.uint8)
+    labels = net.blobs["label"].data[:12].astype(int)
+    lines = []
+    for i, (img, label) in enumerate(zip(pixels, labels)):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), img)
+        lines.append(f"{i}.png {label}")
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "listed.canaries.npz"
+    code, stdout, stderr = cli("canaries", *lenet_args(lenet, seed=3), "--images", tmp_path / "list.txt",
+                               "--root-folder", f"{tmp_path}/", "--gray", "--count", 4, "--out", out)
+    assert code == 0, stderr
+    s = CanarySet.load(out)
+    assert s.inputs.shape == (4, 1, 28, 28) and s.meta["source"].startswith(f"{tmp_path / 'list.txt'}, ")
+    mine = float_to_fixed(pixels.astype(np.float32)[:, None] * np.float32(0.00390625), 6)
+    assert all(any(np.array_equal(x, m) and y == lab for m, lab in zip(mine, labels)) for x, y in
+               zip(s.inputs, s.labels))
+    assert stdout.startswith(f"Wrote {out}: 4 canaries from 12 listed images")
