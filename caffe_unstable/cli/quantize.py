@@ -2,6 +2,7 @@
 real calibration images from the model's TEST data source (pipecnn.md §10.5), written as a readable *.quant.yaml.
 
     cu-quantize --model lenet_train_test.prototxt --weights lenet_iter_10000.caffemodel lenet.quant.yaml
+    cu-quantize --model cifar10_quick_train_test.prototxt --weights ... --calib 1500 --refine 2 cifar.quant.yaml
     cu-quantize --model bvlc_alexnet/deploy.prototxt --published alexnet alexnet.quant.yaml
 """
 import click
@@ -17,19 +18,24 @@ from . import console_logger, run
               help="Trained weights: binary .caffemodel or HDF5 .caffemodel.h5 (not needed with --published).")
 @click.option("--calib", type=click.IntRange(min=1), default=500, show_default=True,
               help="Number of calibration images read from the TEST data source.")
+@click.option("--refine", type=click.IntRange(min=0), default=0, show_default=True,
+              help="After PipeCNN's layer-by-layer search, up to this many passes of a coordinate search (each "
+                   "layer's frac_w, frac_dout, both, and a host-fed frac_din by +-1) judged by the whole net's "
+                   "top-1, top-5 and loss on the calibration images.")
 @click.option("--published", type=click.Choice(["alexnet", "vgg16"]), default=None,
               help="Write PipeCNN's published table for this AlexNet/CaffeNet or VGG-16 prototxt instead of "
                    "searching (its entries for the net's layers).")
 @click.option("--level", type=int, default=0, show_default=True, help="The net state's level.")
 @click.option("--stage", default="", help="The net state's stages, separated by ','.")
 @click.argument("out", type=click.Path(dir_okay=False))
-def main(model, weights, calib, published, level, stage, out):
+def main(model, weights, calib, refine, published, level, stage, out):
     """Choose the fixed-point formats of every accelerated layer of MODEL and write them to OUT."""
     stages = [s for s in stage.split(",") if s]
-    run(quantize, model, weights, calib, published, out, console_logger(), level=level, stages=stages)
+    run(quantize, model, weights, calib, published, out, console_logger(), level=level, stages=stages,
+        refine=refine)
 
 
-def quantize(model, weights, calib, published, out, log, level=0, stages=()):
+def quantize(model, weights, calib, published, out, log, level=0, stages=(), refine=0):
     """Write the table; returns (table, report) (report None for --published)."""
     from .. import accel
     from ..accel import published as tables
@@ -56,7 +62,7 @@ def quantize(model, weights, calib, published, out, log, level=0, stages=()):
     acc = accel.open("numba")
     quiet = _quiet()
     accel_net = Net(model, TEST, level=level, stages=stages, weights=weights, accel=acc, log=quiet)
-    table, report = search.choose_table(float_net, accel_net, calibration, log)
+    table, report = search.choose_table(float_net, accel_net, calibration, log, refine=refine)
     table.net = float_net.name
     loss1 = report["float"]["top1"] - report["fixed"]["top1"]
     loss5 = report["float"]["top5"] - report["fixed"]["top5"]

@@ -8,6 +8,9 @@
    (earlier layers at their chosen values, later ones at their start values, the chain kept consistent) and keeps
    the best by top-1, then top-5, then the larger fractions. Convs whose outputs meet in a Concat share frac_dout.
 4. The table is written even when the loss stays >= 1 % (with a warning naming the losses).
+5. Optional (cu-quantize --refine R, Search.refine): a coordinate search from that table over each layer's frac_w,
+   frac_dout, both together, and the frac_din of layers reading a host float tensor, every move judged by the whole
+   net's (top-1, top-5, -loss) on the calibration images; the tables it tries are valid PipeCNN tables.
 """
 from dataclasses import dataclass, field
 
@@ -127,6 +130,10 @@ class Search:
         self.convs = sorted(probe.formats)
         self.names = {i: net._layer_names[i] for i in self.convs}
         self.tied = _concat_groups(net, self.convs)
+        self.din = {}           # conv index -> frac_din, for the convs that read a host float tensor (refine)
+        made = [i for i in range(len(net.layers)) if net.layers[i].type != "Split"
+                and net._blob_names.index(calib.score) in net._top_ids[i]] if calib.score in net._blob_names else []
+        self.probabilities = bool(made) and net.layers[made[-1]].type == "Softmax"
         self.start = {}
         for i in self.convs:
             fw = largest_frac(ranges.weights.get(i, 0.0))
@@ -140,17 +147,25 @@ class Search:
         if repaired is not None:
             self.start = {i: [repaired[self.names[i]].frac_w, repaired[self.names[i]].frac_dout] for i in self.convs}
         self.chosen = {i: list(v) for i, v in self.start.items()}
+        free = set()
+        accel_bridge.build_plan(net, _Everything(net), strict=False, frac_din_of=lambda i: free.add(i) or 0)
+        self.free_din = sorted(free)     # convs reading a host float tensor (the input, a host avg pool's output)
 
-    def host_din(self, i):
+    def host_din(self, i, din=None):
+        din = self.din if din is None else din
+        if i in din:
+            return din[i]
         return largest_frac(self.ranges.blobs.get(self.net._bottom_ids[i][0], 0.0))
 
-    def table(self, values, repair=False):
-        """The chain-consistent table for {conv index: [frac_w, frac_dout]}; None when a layer breaks the kernel's
+    def table(self, values, repair=False, din=None):
+        """The chain-consistent table for {conv index: [frac_w, frac_dout]} (and {conv index: frac_din} for the
+        convs that read a host float tensor, else from its range); None when a layer breaks the kernel's
         1 <= n, m <= 32, unless `repair` lowers such a layer's frac_dout until it holds."""
         values = {k: list(v) for k, v in values.items()}
         for _ in range(len(self.convs) + 1):
             rough = QuantTable({self.names[i]: LayerFormat(fw, 0, fo) for i, (fw, fo) in values.items()})
-            p = accel_bridge.build_plan(self.net, rough, strict=False, frac_din_of=self.host_din)
+            p = accel_bridge.build_plan(self.net, rough, strict=False,
+                                        frac_din_of=lambda i: self.host_din(i, din))
             bad = [i for i in self.convs
                    if p.formats[i].problem(bool(getattr(self.net.layers[i], "bias_term", False)))]
             if not bad:
@@ -166,13 +181,15 @@ class Search:
         return None
 
     def candidates(self, k, tables):
-        """(top-1, top-5) of each table; they agree on the layers before conv k, so each batch runs that prefix
-        once and only the rest of the net per table (blobs that later in-place layers rewrite are restored)."""
+        """(top-1, top-5, mean loss) of each table (loss: -log of the true class's softmax score); they agree on the
+        layers before conv k, so each batch runs that prefix once and only the rest of the net per table (blobs that
+        later in-place layers rewrite are restored)."""
         net, calib = self.net, self.calib
         end = len(net.layers) - 1
         early = {b for i in range(k) for b in net._top_ids[i]}
         rewritten = sorted(early & {b for i in range(k, end + 1) for b in net._top_ids[i]})
         counts = np.zeros((len(tables), 2), np.int64)
+        loss = np.zeros(len(tables))
         seen = 0
         for feed in calib.inputs:
             n = _feed(net, feed)
@@ -186,9 +203,11 @@ class Search:
                     net._blob_list[b].data[...] = data
                 net.accel.quant = table
                 net._forward(max(k, calib.start), end)
-                counts[c] += _topk(net.blobs[calib.score].data.reshape(n, -1), labels)
+                scores = net.blobs[calib.score].data.reshape(n, -1)
+                counts[c] += _topk(scores, labels)
+                loss[c] += _loss(scores, labels, self.probabilities)
             seen += n
-        return [(c[0] / seen, c[1] / seen) for c in counts]
+        return [(c[0] / seen, c[1] / seen, v / seen) for c, v in zip(counts, loss)]
 
     def run(self):
         best_table = None
@@ -212,7 +231,7 @@ class Search:
                 raise CaffeUnstableError(f"layer '{self.names[i]}'", "no format around the start values satisfies "
                                                                      "the kernel's 1 <= n, m <= 32")
             scores = self.candidates(i, [t[2] for t in trials])
-            key, values, acc, table = max(((s + t[0], t[1], s, t[2]) for s, t in zip(scores, trials)),
+            key, values, acc, table = max(((s[:2] + t[0], t[1], s[:2], t[2]) for s, t in zip(scores, trials)),
                                           key=lambda t: t[0])
             self.chosen = values
             best, best_table = acc, table
@@ -226,6 +245,74 @@ class Search:
         return best_table, best
 
 
+    def refine(self, table, rounds=2):
+        """Coordinate search from `table` (the result of run()): per layer in forward order, frac_w +-1, frac_dout +-1
+        (a Concat group together), both +-1 (n and m kept), and frac_din +-1 where the layer reads a host float
+        tensor; every move evaluated by the accuracy of the whole net on the calibration set. A move is kept when it
+        raises (top-1, top-5, -loss); up to `rounds` passes, stopping early when a pass keeps nothing."""
+        values = {i: [table[self.names[i]].frac_w, table[self.names[i]].frac_dout] for i in self.convs}
+        din = {i: table[self.names[i]].frac_din for i in self.free_din}
+        current = self.table(values, din=din)
+        acc = self.candidates(self.calib.start, [current])[0]
+        key = _key(acc)
+        if self.log:
+            self.log.info(f"refine: start top-1 {acc[0]:.4f}, top-5 {acc[1]:.4f}, loss {acc[2]:.4f}", "quantize.py:1")
+        for r in range(rounds):
+            kept = 0
+            done = set()
+            for i in self.convs:
+                group = self.tied.get(i) or [i]
+                moves = [(d, 0, 0) for d in (-1, 1)] + [(d, d, 0) for d in (-1, 1)]
+                if id(group) not in done or len(group) == 1:
+                    moves += [(0, d, 0) for d in (-1, 1)]
+                done.add(id(group))
+                if i in din:
+                    moves += [(0, 0, d) for d in (-1, 1)]
+                trials = []
+                for dw, do, dd in moves:
+                    v = {k: list(x) for k, x in values.items()}
+                    v[i][0] += dw
+                    for k in (group if do else ()):
+                        v[k][1] += do
+                    dn = dict(din)
+                    if dd:
+                        dn[i] += dd
+                    t = self.table(v, din=dn)
+                    if t is not None:
+                        trials.append((self._first_change(current, t), v, dn, t))
+                best = None
+                for k in sorted({t[0] for t in trials}):
+                    group_trials = [t for t in trials if t[0] == k]
+                    for t, a in zip(group_trials, self.candidates(k, [g[3] for g in group_trials])):
+                        if best is None or _key(a) > _key(best[0]):
+                            best = (a, t)
+                if best is not None and _key(best[0]) > key:
+                    acc, (_, values, din, current) = best
+                    key = _key(acc)
+                    kept += 1
+                    if self.log:
+                        f = current[self.names[i]]
+                        self.log.info(f"refine {r + 1}: layer '{self.names[i]}': frac_w {f.frac_w}, frac_din "
+                                      f"{f.frac_din}, frac_dout {f.frac_dout}: top-1 {acc[0]:.4f}, top-5 "
+                                      f"{acc[1]:.4f}, loss {acc[2]:.4f}", "quantize.py:1")
+            if not kept:
+                break
+        self.net.accel.quant = current
+        return current, acc[:2]
+
+    def _first_change(self, a, b):
+        """The first layer whose output differs between tables a and b (a conv's format or a pool's input F)."""
+        pa = accel_bridge.build_plan(self.net, a, strict=False, frac_din_of=lambda i: a[self.names[i]].frac_din)
+        pb = accel_bridge.build_plan(self.net, b, strict=False, frac_din_of=lambda i: b[self.names[i]].frac_din)
+        diff = [i for i in self.convs if pa.formats[i] != pb.formats[i]]
+        diff += [i for i in set(pa.frac_in) | set(pb.frac_in) if pa.frac_in.get(i) != pb.frac_in.get(i)]
+        return min(diff) if diff else len(self.net.layers) - 1
+
+
+def _key(acc):
+    return acc[0], acc[1], -acc[2]
+
+
 def _feed(net, feed):
     n = len(next(iter(feed.values())))
     for name, value in feed.items():
@@ -234,6 +321,16 @@ def _feed(net, feed):
             blob.reshape(*value.shape)        # the layers from calib.start on reshape their tops
         blob.data[...] = value
     return n
+
+
+def _loss(scores, labels, probabilities):
+    """Summed cross-entropy of the true classes: -log p (scores already a softmax) or -log softmax(scores)."""
+    scores = np.asarray(scores, np.float64)
+    if probabilities:
+        p = scores[np.arange(len(labels)), labels]
+        return float(-np.log(np.maximum(p, 1e-30)).sum())
+    z = scores - scores.max(axis=1, keepdims=True)
+    return float((np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(labels)), labels]).sum())
 
 
 def _topk(scores, labels):
@@ -280,13 +377,16 @@ def _concat_groups(net, convs):
     return groups
 
 
-def choose_table(float_net, accel_net, calib, log=None):
-    """Run steps 1-3; returns (table, report dict with the float and fixed accuracies)."""
+def choose_table(float_net, accel_net, calib, log=None, refine=0):
+    """Run steps 1-3 (and `refine` rounds of Search.refine); returns (table, report dict with the float and fixed
+    accuracies)."""
     (f1, f5), ranges = measure(float_net, calib)
     if log:
         log.info(f"float: top-1 {f1:.4f}, top-5 {f5:.4f} on {calib.images} calibration images", "quantize.py:1")
     search = Search(accel_net, calib, ranges, log)
     table, (q1, q5) = search.run()
+    if refine:
+        table, (q1, q5) = search.refine(table, refine)
     report = {"images": calib.images, "source": calib.source,
               "float": {"top1": float(f1), "top5": float(f5)}, "fixed": {"top1": float(q1), "top5": float(q5)}}
     table.comments = ["calibration: {images: %d, source: %s, float: {top1: %.4f, top5: %.4f}, "

@@ -57,6 +57,23 @@ def test_quantize_then_test_on_the_accelerator(lenet_with_lmdb):
     assert got["accel"] == "numba" and got["outputs"]["accuracy"] >= 0.98
 
 
+def test_refine_keeps_a_valid_table_and_never_loses_accuracy(lenet_with_lmdb):
+    model, weights, folder = lenet_with_lmdb
+    out = folder / "refined.quant.yaml"
+    result = CliRunner().invoke(main, [f"--model={model}", "--weights", str(weights), "--calib", "100",
+                                       "--refine", "1", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "refine: start top-1 " in result.output
+    table = QuantTable.load(out)
+    for a, b in (("conv1", "conv2"), ("conv2", "ip1"), ("ip1", "ip2")):
+        assert table[b].frac_din == table[a].frac_dout
+    assert all(f.n >= 1 and f.m >= 1 for f in table.layers.values())
+    start = float(result.output.split("refine: start top-1 ")[1].split(",")[0])
+    text = out.read_text()
+    fixed = float(text.split("fixed: {top1: ")[1].split(",")[0])
+    assert fixed >= start                                    # a move is kept only when it helps
+
+
 def test_published_tables(shared, tmp_path):
     from caffe_unstable import accel
     import caffe_unstable as caffe
