@@ -29,6 +29,23 @@ def series(rows, key, metric):
     return clean, pts
 
 
+def errorbars(ax, pts, **style):
+    """Accuracy (%) against the operating point with 95 % binomial intervals."""
+    ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[196 * p[2] for p in pts], marker="o", ms=4,
+                capsize=3, **style)
+
+
+def finish(fig, ax, metric, title, path):
+    ax.set_ylabel(f"{metric} (%), 95 % interval")
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_ser(sweeps, net, out):
     title, metric = NETS[net]
     if not list(sweeps.glob(f"{net}_ser_*.csv")):
@@ -40,21 +57,13 @@ def plot_ser(sweeps, net, out):
         if not path.is_file():
             continue
         clean, pts = series(read(path), "ser", metric)
-        ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[196 * p[2] for p in pts], marker="o",
-                    ms=4, capsize=3, color=f"C{i}", label=label)
+        errorbars(ax, pts, color=f"C{i}", label=label)
         ax.axhline(100 * clean, color="gray", ls="--", lw=0.8)
     onset = 1e-3 if net == "lenet" else 1e-5
     ax.axvspan(1e-7, onset, color="C2", alpha=0.08, label=f"paper: no loss up to ~{onset:g}")
     ax.set_xscale("log")
     ax.set_xlabel("soft-error rate per MAC")
-    ax.set_ylabel(f"{metric} (%), 95 % interval")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"{title}: soft errors (dashed: clean fixed point)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(out / f"{net}_ser.png")
-    plt.close(fig)
+    finish(fig, ax, metric, f"{title}: soft errors (dashed: clean fixed point)", out / f"{net}_ser.png")
 
 
 def plot_freq(sweeps, net, out):
@@ -64,20 +73,12 @@ def plot_freq(sweeps, net, out):
         return
     clean, pts = series(read(path), "freq_mhz", metric)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[196 * p[2] for p in pts], marker="o", ms=4,
-                capsize=3, label=f"{net}, shipped starting-point profile")
+    errorbars(ax, pts, label=f"{net}, shipped starting-point profile")
     ax.axhline(100 * clean, color="gray", ls="--", lw=0.8, label="clean fixed point")
     paper = [(210, 78.95), (250, 78.45), (260, 74.65), (270, 10.0)]        # AlexNet top-5 on PipeCNN/KCU1500
     ax.plot([p[0] for p in paper], [p[1] for p in paper], "k^:", ms=5, label="paper: AlexNet top-5")
     ax.set_xlabel("accelerator clock (MHz)")
-    ax.set_ylabel(f"{metric} (%), 95 % interval")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"{title}: overclocking, carry-horizon model", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(out / f"{net}_freq.png")
-    plt.close(fig)
+    finish(fig, ax, metric, f"{title}: overclocking, carry-horizon model", out / f"{net}_freq.png")
 
 
 def main():
