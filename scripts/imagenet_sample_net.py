@@ -6,6 +6,8 @@ The deploy net's `input:` is replaced by an ImageData layer (Caffe's DataTransfo
 top-5 are added on the last layer. Paths in the written prototxt are absolute.
 
 Run: python scripts/imagenet_sample_net.py OUT.prototxt [--deploy DEPLOY] [--batch 50] [--images N]
+                                          [--every K | --held-out K]
+(--every 10: the 100 calibration images of models/quant/squeezenet.quant.yaml; --held-out 10: the other 900)
 """
 import argparse
 import sys
@@ -48,11 +50,20 @@ def main():
     ap.add_argument("--deploy", default=str(SHARED / "models/squeezenet_v1.0_deepcompression/SqueezeNet_deploy.prototxt"))
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--images", type=int, default=0, help="use only the first N list entries (0 = all 1,000)")
+    pick = ap.add_mutually_exclusive_group()
+    pick.add_argument("--every", type=int, default=0, help="use every K-th list entry (the first, the K+1-th, ...)")
+    pick.add_argument("--held-out", type=int, default=0, help="use the entries --every K leaves out")
     args = ap.parse_args()
     sample = SHARED / "data/imagenet_sample"
     source = sample / "sample_val.txt"
-    if args.images:
-        lines = [ln for ln in source.read_text().splitlines() if ln.strip()][:args.images]
+    if args.images or args.every or args.held_out:
+        lines = [ln for ln in source.read_text().splitlines() if ln.strip()]
+        if args.every:
+            lines = lines[::args.every]
+        if args.held_out:
+            lines = [ln for i, ln in enumerate(lines) if i % args.held_out]
+        if args.images:
+            lines = lines[:args.images]
         source = Path(args.out).with_suffix(".list.txt")
         source.write_text("\n".join(lines) + "\n")
     net = sample_net(args.deploy, source.resolve(), (sample / "images").resolve(), args.batch)

@@ -36,7 +36,7 @@ def load_quant(quant):
 
 
 def open(backend, quant=None, profile=None, freq_mhz=None, ser=None, seed=None, fault_layers=None,  # noqa: A001
-         horizon_k=None, backward_weights="master", **hw):
+         horizon_k=None, backward_weights="master", ste="clipped", **hw):
     """Open an accelerator (interface.md "Accelerator API" 1; faults.md §7.3, §11).
 
     backend: "float" (plain Caffe: returns None), "numba" (or later "opencl"). quant: a `*.quant.yaml` path (see
@@ -46,7 +46,9 @@ def open(backend, quant=None, profile=None, freq_mhz=None, ser=None, seed=None, 
     shipped pipecnn_kcu1500. freq_mhz: the clock (timing faults above the profile's safe clock); ser: soft errors
     per MAC (overrides soft_errors.mac_flip_rate; the profile says which register: pipecnn_kcu1500 flips the
     18-bit product, docs/faults.md); seed: the fault seed (drawn and reported when None); fault_layers:
-    names of the conv/FC layers that get faults (None = all); horizon_k: a fixed carry horizon (timing.fixed_k).
+    names of the conv/FC layers that get faults (None = all); horizon_k: a fixed carry horizon (timing.fixed_k);
+    backward_weights ("master" | "quantized") and ste ("clipped" | "plain"): the training backward (faults.md
+    §10.2).
     """
     from .backends import backend_class
 
@@ -65,6 +67,8 @@ def open(backend, quant=None, profile=None, freq_mhz=None, ser=None, seed=None, 
                                                f"(known: {', '.join(HwConfig.keys())})")
     if backward_weights not in ("master", "quantized"):
         raise CaffeUnstableError("--backward-weights", f"must be master or quantized, got {backward_weights!r}")
+    if ste not in ("clipped", "plain"):
+        raise CaffeUnstableError("--ste", f"must be clipped or plain, got {ste!r}")
     prof = load_profile(profile, faults_wanted)
     build = {k: v for k, v in (prof.accelerator.items() if prof is not None else ()) if k in HwConfig.keys()}
     build.update(hw)
@@ -86,7 +90,7 @@ def open(backend, quant=None, profile=None, freq_mhz=None, ser=None, seed=None, 
 
     return Accelerator(cls(config), quant=load_quant(quant), seed=seed, profile=prof, freq_mhz=freq_mhz, ser=ser,
                        models=models, fault_layers=fault_layers, horizon_k=horizon_k,
-                       backward_weights=backward_weights)
+                       backward_weights=backward_weights, ste=ste)
 
 
 def load_profile(profile, faults_wanted=False):

@@ -88,6 +88,8 @@ class Launch:
     sums_hook: object = None        # fast path only: hook(group j, n0, n1, S) may edit the clean int32 sums S
                                     # (int64 array ((n1 - n0) Ho Wo, Og), rows = image-major output positions)
                                     # before the output conversion (faults.md §4.4 corrections plug in here)
+    clean_saturation: bool = False  # conv stage: report stats["clean_saturated"], bool (N, O, Ho, Wo): where the
+                                    # fault-free sum's r1 lies outside [-128, 127] (faults.md §10.2's STE cut)
     stats: dict = field(default_factory=dict)   # filled by the backend (e.g. {"path": "fast"})
 
     def stages(self):

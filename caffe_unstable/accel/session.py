@@ -13,6 +13,7 @@ conv/FC layer then gets its LayerPlan, sampled on the host from the seed and tha
 and the backend applies it. The pass's plan is `last_plan`, its per-layer counters `last_stats`.
 """
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,9 +21,22 @@ from .geometry import ConvStage
 from .interface import Launch
 
 PATHS = ("auto", "fast", "mac")
+STE_MODES = ("clipped", "plain")
+BACKWARD_WEIGHTS = ("master", "quantized")
 STATS_FIELDS = ("images", "mac_flips", "masked", "outputs_changed", "outputs_saturated", "rate_events", "late_adds",
                 "outputs_hit", "k_min", "k_mean", "weight_flips", "act_flips", "stuck_outputs_changed", "plan_ms",
                 "layer_ms")
+
+
+@dataclass
+class BackwardState:
+    """A conv/FC forward's record for its backward (faults.md §10.2): clean_saturated, bool (N, O, Ho, Wo) where
+    the fault-free r1 left the int8 range (None: not known); input, the float32 input the launch consumed (None:
+    the bottom blob holds it); fmt, the layer's format."""
+
+    clean_saturated: object
+    input: object
+    fmt: object
 
 
 class Accelerator:
@@ -37,11 +51,13 @@ class Accelerator:
     `last_stats` (layer name -> the --fault-log fields of the latest forward), `last_hits` (layer name -> bool
     (N, O, Ho, Wo) of the outputs with a late carry-horizon add, where the backend ran the register loop),
     `fixed_events` (layer name ->
-    MAC_EVENT_DTYPE records replayed on every forward: the older explicit-record hook).
+    MAC_EVENT_DTYPE records replayed on every forward: the older explicit-record hook), `ste` ("clipped": the
+    backward cuts the gradient where the fault-free output saturated; "plain") and `backward_weights` ("master":
+    bottom diffs use the float master weights; "quantized": the dequantized int8 weights), faults.md §10.2.
     """
 
     def __init__(self, backend, quant=None, seed=None, profile=None, freq_mhz=None, ser=None, models=(),
-                 fault_layers=None, horizon_k=None, backward_weights="master"):
+                 fault_layers=None, horizon_k=None, backward_weights="master", ste="clipped"):
         self.backend = backend
         self.hw = backend.hw
         self.quant = quant
@@ -65,6 +81,8 @@ class Accelerator:
         self.last_hits = {}          # layer name -> bool (N, O, Ho, Wo): outputs with a late add (carry horizon)
         self._pass = None            # the current pass's rng.PassKey (None: no faults are sampled)
         self._uploaded = {}          # slot -> (int8 weights, int8 bias or None, format/shape key) on the device
+        self.backward_state = {}     # slot -> BackwardState of the latest forward that kept one
+        self.ste = ste
         self._geometry = {}          # slot -> (ConvGeometry, faults geometry dict)
 
     @property
@@ -148,9 +166,12 @@ class Accelerator:
                 f"PIPE_DEPTH {self.hw.pipe_depth}, lrn_overflow {self.hw.lrn_overflow}>")
 
     # -- one layer each (the bridge's calls) ------------------------------------------------------------------
-    def conv(self, slot, x, w, b, geom, fmt, relu, out, layer_index=None):
+    def conv(self, slot, x, w, b, geom, fmt, relu, out, layer_index=None, keep=False, input_exact=False):
         """Conv/FC: float32 x (N, C, H, W), float32 weights (O, Cg, Kh, Kw) and bias (O,) or None -> float32
-        out (N, O, Ho, Wo) = q 2^-frac_dout, under this pass's fault plan for the layer. Returns the Launch."""
+        out (N, O, Ho, Wo) = q 2^-frac_dout, under this pass's fault plan for the layer. Returns the Launch.
+        keep: remember what the layer's backward needs (faults.md §10.2) in `backward_state[slot]`; input_exact:
+        x already holds q 2^-frac_din (an accelerated producer), so the consumed input is x itself unless
+        activation-memory faults changed it."""
         be = self.backend
         t0 = time.perf_counter()
         plan = self.layer_plan(slot, layer_index, geom) if self.faulty else None
@@ -163,13 +184,34 @@ class Accelerator:
         be.data_to_fpga(slot, input=xdev)
         path = self.path if self.path in PATHS else "auto"
         launch = be.launch_accelerator(Launch(slot, conv=ConvStage(geom, fmt, relu, b is not None),
-                                              plan=plan, path=path))
+                                              plan=plan, path=path, clean_saturation=keep))
         self._read_back(slot, "conv", geom.O, fmt.frac_dout, out)
+        if keep:
+            self.backward_state[slot] = self._backward_state(launch, x, xdev, geom, fmt, input_exact)
+        else:
+            self.backward_state.pop(slot, None)
         self.last_stats[slot] = layer_stats(launch.stats, plan, geom.N, (t1 - t0) * 1e3,
                                             (time.perf_counter() - t0) * 1e3)
         if launch.stats.get("hit_mask") is not None:
             self.last_hits[slot] = launch.stats["hit_mask"]
         return launch
+
+    def _backward_state(self, launch, x, xdev, geom, fmt, input_exact):
+        """What faults.md §10.2's backward of a conv/FC needs from its forward: the clean-saturation mask (the
+        clipped straight-through cut) and the input the launch consumed, as float32 NCHW (None when it is x)."""
+        be = self.backend
+        consumed = launch.stats.pop("input_consumed", None)
+        if consumed is None and input_exact:
+            inp = None
+        else:
+            q = be.data_layout_recover(xdev if consumed is None else consumed, "input", geom)
+            inp = be.fixed_to_float(q, fmt.frac_din).reshape(x.shape)
+        return BackwardState(launch.stats.pop("clean_saturated", None), inp, fmt)
+
+    def backward_weights_of(self, slot, shape):
+        """The dequantized int8 weights on the device for slot (backward_weights="quantized"), float32 `shape`."""
+        wq, _, key = self._uploaded[slot]
+        return self.backend.fixed_to_float(wq, key[0]).reshape(shape)
 
     def pool(self, slot, x, frac, stage, out):
         """Max pooling of float32 x holding q 2^-frac (or any float: it is quantised at frac) -> out, same frac."""

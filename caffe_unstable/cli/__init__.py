@@ -74,9 +74,9 @@ def parse_number(option, value):
         raise CaffeUnstableError(option, f"expected a number, got {value!r}") from None
 
 
-def open_accel(accel, quant=None, freq=None, ser=None, profile=None, seed=None, fault_layers=None):
+def open_accel(accel, quant=None, freq=None, ser=None, profile=None, seed=None, fault_layers=None, **training):
     """None for the float path (plain Caffe), else caffe_unstable.accel.open(...). Fault options without --accel
-    select the numba simulator."""
+    select the numba simulator. training: ste, backward_weights (cu-train)."""
     check_operating_point(freq, ser)
     faults = freq is not None or ser is not None or profile is not None
     if accel is None:
@@ -92,7 +92,7 @@ def open_accel(accel, quant=None, freq=None, ser=None, profile=None, seed=None, 
     return accel_module.open(accel, quant=quant, profile=profile,
                              freq_mhz=parse_number("--freq", freq) if freq is not None else None,
                              ser=parse_number("--ser", ser) if ser is not None else None, seed=seed,
-                             fault_layers=layers)
+                             fault_layers=layers, **training)
 
 
 def report_accel(acc, net, log):

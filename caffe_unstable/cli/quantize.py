@@ -22,20 +22,23 @@ from . import console_logger, run
               help="After PipeCNN's layer-by-layer search, up to this many passes of a coordinate search (each "
                    "layer's frac_w, frac_dout, both, and a host-fed frac_din by +-1) judged by the whole net's "
                    "top-1, top-5 and loss on the calibration images.")
+@click.option("--start", "start", type=click.Path(dir_okay=False), default=None,
+              help="A *.quant.yaml for this net to start from instead of PipeCNN's layer-by-layer search (with "
+                   "--refine: refine an existing table).")
 @click.option("--published", type=click.Choice(["alexnet", "vgg16"]), default=None,
               help="Write PipeCNN's published table for this AlexNet/CaffeNet or VGG-16 prototxt instead of "
                    "searching (its entries for the net's layers).")
 @click.option("--level", type=int, default=0, show_default=True, help="The net state's level.")
 @click.option("--stage", default="", help="The net state's stages, separated by ','.")
 @click.argument("out", type=click.Path(dir_okay=False))
-def main(model, weights, calib, refine, published, level, stage, out):
+def main(model, weights, calib, refine, start, published, level, stage, out):
     """Choose the fixed-point formats of every accelerated layer of MODEL and write them to OUT."""
     stages = [s for s in stage.split(",") if s]
     run(quantize, model, weights, calib, published, out, console_logger(), level=level, stages=stages,
-        refine=refine)
+        refine=refine, start=start)
 
 
-def quantize(model, weights, calib, published, out, log, level=0, stages=(), refine=0):
+def quantize(model, weights, calib, published, out, log, level=0, stages=(), refine=0, start=None):
     """Write the table; returns (table, report) (report None for --published)."""
     from .. import accel
     from ..accel import published as tables
@@ -62,7 +65,13 @@ def quantize(model, weights, calib, published, out, log, level=0, stages=(), ref
     acc = accel.open("numba")
     quiet = _quiet()
     accel_net = Net(model, TEST, level=level, stages=stages, weights=weights, accel=acc, log=quiet)
-    table, report = search.choose_table(float_net, accel_net, calibration, log, refine=refine)
+    first = None
+    if start is not None:
+        from ..accel.quant_table import QuantTable
+
+        first = QuantTable.load(start)
+        accel_bridge.build_plan(accel_net, first)      # one line when it does not fit the net
+    table, report = search.choose_table(float_net, accel_net, calibration, log, refine=refine, start=first)
     table.net = float_net.name
     loss1 = report["float"]["top1"] - report["fixed"]["top1"]
     loss5 = report["float"]["top5"] - report["fixed"]["top5"]

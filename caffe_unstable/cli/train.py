@@ -32,9 +32,16 @@ EFFECTS = ("stop", "snapshot", "none")
               show_default=True, help="What SIGHUP does: snapshot, stop or none.")
 @click.option("--fault-log", "fault_log", type=click.Path(dir_okay=False), default=None,
               help="Write one JSON line per TRAIN forward pass per accelerated layer (faults.md §10.4).")
+@click.option("--ste", type=click.Choice(["clipped", "plain"]), default="clipped", show_default=True,
+              help="Straight-through backward of the accelerated layers: 'clipped' cuts the gradient where the "
+                   "fault-free output saturated (faults.md §10.2); 'plain' passes it everywhere.")
+@click.option("--backward-weights", "backward_weights", type=click.Choice(["master", "quantized"]),
+              default="master", show_default=True,
+              help="Weights of the accelerated layers' bottom diffs: the float master weights (the paper's) or the "
+                   "dequantized int8 weights on the device (Ristretto's).")
 @accel_options
-def main(solver_file, solver_option, weights, snapshot, level, stage, sigint_effect, sighup_effect, fault_log,
-         accel, quant, freq, ser, profile, seed, fault_layers):
+def main(solver_file, solver_option, weights, snapshot, level, stage, sigint_effect, sighup_effect, fault_log, ste,
+         backward_weights, accel, quant, freq, ser, profile, seed, fault_layers):
     """Train with the solver SOLVER, as `caffe train --solver=SOLVER` does (--seed overrides random_seed)."""
     if solver_file and solver_option and solver_file != solver_option:
         raise click.UsageError(f"two solvers given: {solver_file} and --solver={solver_option}")
@@ -44,12 +51,12 @@ def main(solver_file, solver_option, weights, snapshot, level, stage, sigint_eff
     run(train, path, weights=weights, snapshot=snapshot, level=level, stages=stage.split(","),
         sigint_effect=sigint_effect, sighup_effect=sighup_effect,
         accel=accel, quant=quant, freq=freq, ser=ser, profile=profile, seed=seed, fault_layers=fault_layers,
-        fault_log=fault_log)
+        fault_log=fault_log, ste=ste, backward_weights=backward_weights)
 
 
 def train(path, weights=None, snapshot=None, level=0, stages=("",), sigint_effect="stop",
           sighup_effect="snapshot", accel=None, quant=None, freq=None, ser=None, profile=None, seed=None,
-          fault_layers=None, fault_log=None, log=None):
+          fault_layers=None, fault_log=None, log=None, ste="clipped", backward_weights="master"):
     """Run `caffe train`; returns the solver after Solve."""
     from ..io import prototxt as pt
     from ..solvers import create_solver
@@ -77,7 +84,7 @@ def train(path, weights=None, snapshot=None, level=0, stages=("",), sigint_effec
         # the fault seed: --seed, else the solver's random_seed when set (faults.md §3.1)
         fault_seed = seed if seed is not None else (param.random_seed if param.random_seed >= 0 else None)
         acc = open_accel(accel, quant=quant, freq=freq, ser=ser, profile=profile, seed=fault_seed,
-                         fault_layers=fault_layers)
+                         fault_layers=fault_layers, ste=ste, backward_weights=backward_weights)
         # hooked up before the solver is built, as caffe.cpp does: a Ctrl-C during set-up stops after iteration 0
         with _signals(sigint_effect, sighup_effect) as action:
             solver = create_solver(param, path, accel=acc, log=log)

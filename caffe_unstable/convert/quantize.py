@@ -377,14 +377,18 @@ def _concat_groups(net, convs):
     return groups
 
 
-def choose_table(float_net, accel_net, calib, log=None, refine=0):
+def choose_table(float_net, accel_net, calib, log=None, refine=0, start=None):
     """Run steps 1-3 (and `refine` rounds of Search.refine); returns (table, report dict with the float and fixed
-    accuracies)."""
+    accuracies). `start`: a table for this net that replaces steps 2-3 (its refinement goes on from it)."""
     (f1, f5), ranges = measure(float_net, calib)
     if log:
         log.info(f"float: top-1 {f1:.4f}, top-5 {f5:.4f} on {calib.images} calibration images", "quantize.py:1")
     search = Search(accel_net, calib, ranges, log)
-    table, (q1, q5) = search.run()
+    if start is None:
+        table, (q1, q5) = search.run()
+    else:
+        table = start
+        q1, q5, _ = search.candidates(calib.start, [start])[0]
     if refine:
         table, (q1, q5) = search.refine(table, refine)
     report = {"images": calib.images, "source": calib.source,

@@ -343,7 +343,11 @@ def forward(net, i, bottom, top):
         geom = conv_geometry(layer, x.shape, acc.hw)
         w = layer.blobs[0].data.reshape(geom.O, geom.Cg, geom.Kh, geom.Kw)
         b = layer.blobs[1].data if getattr(layer, "bias_term", False) else None
-        acc.conv(name, x, w, b, geom, p.formats[i], i in p.relu_fused, top[0].data, layer_index=i)
+        fmt = p.formats[i]
+        keep = bool(net._layer_need_backward[i])
+        exact = keep and p.blob_frac.get(net._bottom_ids[i][0]) == fmt.frac_din
+        acc.conv(name, x, w, b, geom, fmt, i in p.relu_fused, top[0].data, layer_index=i, keep=keep,
+                 input_exact=exact)
         return
     if net._layer_need_backward[i] or len(top) > 1:
         layer.forward(bottom, top)        # the host's internal state for backward (argmax, LRN scale), mask top
@@ -359,6 +363,37 @@ def forward(net, i, bottom, top):
         from ..accel.geometry import LrnStage
 
         acc.lrn(name, x, LrnStage(n, c, h, w, p.frac_in[i]), top[0].data)
+
+
+def backward(net, i, top, propagate_down, bottom):
+    """Net.backward_from_to's hook for a layer the accelerator ran (faults.md §10.2). Convolution/InnerProduct:
+    Caffe's float backward evaluated at the accelerator's values: the input the launch consumed (its int8 image,
+    activation-memory faults included) as bottom data; with ste "clipped", no gradient through outputs whose
+    fault-free value saturated; with backward_weights "quantized", the device's int8 weights for the bottom diff.
+    Other accelerated layers run their host backward on the read-back blobs (ReLU masks from the accelerator's
+    outputs; max-pool argmax and LRN scale recomputed from them in forward)."""
+    layer = net.layers[i]
+    acc = net.accel
+    state = acc.backward_state.get(net._layer_names[i]) if plan(net).kinds.get(i) == "conv" else None
+    if state is None:
+        layer.backward(top, propagate_down, bottom)
+        return
+    if acc.ste == "clipped" and state.clean_saturated is not None:
+        np.putmask(top[0].diff, state.clean_saturated.reshape(top[0].diff.shape), 0)
+    swaps = []
+    if state.input is not None:
+        swaps.append((bottom[0].data, state.input.reshape(bottom[0].data.shape)))
+    if acc.backward_weights == "quantized" and any(propagate_down):
+        w = layer.blobs[0].data
+        swaps.append((w, acc.backward_weights_of(net._layer_names[i], w.shape)))
+    saved = [dst.copy() for dst, _ in swaps]
+    try:
+        for dst, value in swaps:
+            dst[...] = value
+        layer.backward(top, propagate_down, bottom)
+    finally:
+        for (dst, _), old in zip(swaps, saved):
+            dst[...] = old
 
 
 # -- introspection (tests, cu-quantize, docs) ----------------------------------------------------------------

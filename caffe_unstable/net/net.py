@@ -354,7 +354,10 @@ class Net:
         """Net::BackwardFromTo: layers start down to end, only those that need backward."""
         for i in range(start, end - 1, -1):
             if self._layer_need_backward[i]:
-                self.layers[i].backward(self._tops(i), self._bottom_need_backward[i], self._bottoms(i))
+                if self.accel is not None and accel_bridge.runs(self, i):
+                    accel_bridge.backward(self, i, self._tops(i), self._bottom_need_backward[i], self._bottoms(i))
+                else:
+                    self.layers[i].backward(self._tops(i), self._bottom_need_backward[i], self._bottoms(i))
 
     def _forward(self, start, end):
         return self.forward_from_to(start, end)

@@ -393,7 +393,7 @@ def test_seed_overrides_random_seed_and_accel_goes_through_open_accel(tmp_path, 
     assert code == 0, stderr
     assert "random_seed: 42\n" in stderr
     assert opened == {"accel": "numba", "quant": None, "freq": "250", "ser": None, "profile": None, "seed": 42,
-                      "fault_layers": None}
+                      "fault_layers": None, "ste": "clipped", "backward_weights": "master"}
     assert len(made) == 1 and isinstance(made[0], FakeAccel)
 
 

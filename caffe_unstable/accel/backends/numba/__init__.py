@@ -146,18 +146,52 @@ class NumbaBackend(Backend):
         if plan is not None and (not plan.is_empty() or launch.path == "mac"):
             launch.stats.update(plan_conv.PlanConv(self, mem, launch, plan, legacy).run(out))
             return out
-        bdev = mem.get("bias") if stage.has_bias else None
-        b = layouts.bias_recover(bdev, g).astype(np.int64) if bdev is not None else np.zeros(g.O, np.int64)
-        rb = bias_term(b, stage.fmt.m) if bdev is not None else b
+        rb = self.bias_terms(mem, stage)
+        mask = self._saturation_mask(g) if launch.clean_saturation else None
         if launch.path == "mac":
             mac_run.conv_mac_order(mem["input"], wdev, rb, stage, self.hw, out)
+            if mask is not None:
+                self.clean_saturation(mem, stage, mask)
         else:
-            cached = mem.get("_weights")
-            if cached is None or not cached.matches(wdev, g):
-                cached = mem["_weights"] = conv.ConvWeights(wdev, g)
-            conv.conv_fast(mem["input"], cached, rb, stage, out, launch.sums_hook, self._scratch_buffer)
+            reader = conv.SaturationReader(mask, stage.fmt.n) if mask is not None else None
+            conv.conv_fast(mem["input"], self.conv_weights(mem, wdev, g), rb, stage, out, launch.sums_hook,
+                           self._scratch_buffer, reader)
+        if mask is not None:
+            launch.stats["clean_saturated"] = mask.reshape(g.N, g.O, g.Ho, g.Wo).view(bool)
         launch.stats["path"] = "mac" if launch.path == "mac" else "fast"
         return out
+
+    # -- helpers of conv launches (plan_conv.py uses them too) ------------------------------------------------
+    @staticmethod
+    def bias_terms(mem, stage):
+        """rb of the output conversion from the slot's device bias (zeros without one)."""
+        g = stage.geom
+        bdev = mem.get("bias") if stage.has_bias else None
+        if bdev is None:
+            return np.zeros(g.O, np.int64)
+        return bias_term(layouts.bias_recover(bdev, g).astype(np.int64), stage.fmt.m)
+
+    @staticmethod
+    def conv_weights(mem, wdev, g):
+        """The GEMM form of device weights wdev, cached for the slot's weights."""
+        cached = mem.get("_weights")
+        if cached is None or not cached.matches(wdev, g):
+            cached = conv.ConvWeights(wdev, g)
+            if wdev is mem.get("weights"):
+                mem["_weights"] = cached
+        return cached
+
+    @staticmethod
+    def _saturation_mask(g):
+        return np.zeros((g.N, g.O, g.Ho * g.Wo), np.uint8)
+
+    def clean_saturation(self, mem, stage, mask):
+        """One more clean pass over the slot's fault-free buffers, for the saturation mask only (the faulty
+        launch could not see the clean sums: register-loop outputs, memory faults)."""
+        g = stage.geom
+        scratch_out = self._scratch_buffer("clean_out", (g.N, g.Ob, g.Ho, g.Wo, g.vec), np.int8)
+        conv.conv_fast(mem["input"], self.conv_weights(mem, mem["weights"], g), self.bias_terms(mem, stage), stage,
+                       scratch_out, None, self._scratch_buffer, conv.SaturationReader(mask, stage.fmt.n))
 
 
 BACKEND = NumbaBackend

@@ -210,6 +210,39 @@ def convert_rows(acc, j, og, n0, ho, wo, rb, nsh, relu, wrap, out, pos0, p0, p1)
                 n += 1
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def saturation_rows(acc, wrap, j, og, nsh, rel, mask, pos0):
+    """mask (N, O, Ho Wo) uint8 = 1 where a sum's r1 = floor((s + 2^(n-1)) / 2^n) saturates (>= 128 or <= -129:
+    outside int8 before the bias, pipecnn.md §1.5), for the rows of acc (positions, Og) of group j, row p holding
+    the image-major position pos0 + p of the launch's images; rel maps those images to rows of mask.
+    wrap: the sums are taken modulo 2^32 first (K-chunked float64 sums)."""
+    hw = mask.shape[2]
+    half = np.int64(1) << (nsh - 1)
+    for p in range(acc.shape[0]):
+        pos = pos0 + p
+        n, q = rel[pos // hw], pos % hw
+        for oo in range(og):
+            s = _wrap32(np.int64(acc[p, oo])) if wrap else np.int64(acc[p, oo])
+            r1 = (s + half) >> nsh
+            mask[n, j * og + oo, q] = 1 if (r1 >= 128 or r1 <= -129) else 0
+
+
+class SaturationReader:
+    """A conv_fast sums_reader that records where the clean sums saturate (Launch.clean_saturation), for the
+    launch's images `imgs` (rows of the input conv_fast sees) into mask (N, O, Ho Wo); `also` is another reader
+    called first (the fault corrections')."""
+
+    def __init__(self, mask, nsh, imgs=None, also=None):
+        self.mask, self.nsh, self.also = mask, int(nsh), also
+        self.rel = np.arange(mask.shape[0], dtype=np.int64) if imgs is None else np.asarray(imgs, np.int64)
+
+    def __call__(self, j, p0, p1, acc, cols):
+        if self.also is not None:
+            self.also(j, p0, p1, acc, cols)
+        og = acc.shape[1]
+        saturation_rows(acc[:p1 - p0], acc.dtype == np.float64, j, og, self.nsh, self.rel, self.mask, p0)
+
+
 def conv_fast(xdev, weights, rb, stage, out, sums_hook=None, scratch=None, sums_reader=None):
     """The clean conv of `stage` (geometry.ConvStage) on device input xdev into device activations out.
     Position-major columns (positions, K); the GEMM (gemm.group_sums) gives position-major sums (positions, Og)

@@ -131,6 +131,7 @@ class PlanConv:
         self.in_loop = np.ones((g.N, g.O), bool) if path == "mac" else loop_lane[:, lanes]   # (N, O)
         self.memory = bool(len(lp.weight_events) or len(lp.act_events) or
                            (st["site"] >= 3).any())
+        self._mask = None
 
     # -- the launch ---------------------------------------------------------------------------------------------
     def run(self, out):
@@ -139,6 +140,10 @@ class PlanConv:
         bdev = mem.get("bias") if stage.has_bias else None
         bias0 = bdev if bdev is not None else np.zeros(g.Op, np.int8)
         x = faulty_input(mem["input"], lp.act_events, lp.stuck, g)
+        mask = None
+        if self.launch.clean_saturation:
+            mask = np.zeros((g.N, g.O, g.Ho * g.Wo), np.uint8)
+            self._mask = None if (self.in_loop.any() or self.memory) else mask
         variants = weight_variants(mem["weights"], bias0, lp.weight_events, lp.stuck, g)
         sat = np.zeros((g.N, g.O, g.Ho, g.Wo), bool) if self.memory else None
         flags = np.zeros((g.N, g.O, g.Ho, g.Wo), np.uint8) if self.in_loop.any() else None
@@ -175,6 +180,12 @@ class PlanConv:
                           or len(lp.weight_events) or len(lp.act_events))
         stats["stuck_outputs_changed"] = 0 if not len(lp.stuck) else (changed if only_stuck else None)
         stats["hit_mask"] = (flags & 1) != 0 if flags is not None else None     # (N, O, Ho, Wo): a late add
+        if mask is not None:
+            if self._mask is None:       # loop outputs and memory faults: the clean sums need their own pass
+                self.be.clean_saturation(mem, self.stage, mask)
+            stats["clean_saturated"] = mask.reshape(g.N, g.O, g.Ho, g.Wo).view(bool)
+        if x is not mem["input"]:
+            stats["input_consumed"] = x  # activation-memory faults: what the launch read (for the backward)
         return stats
 
     def _bias_terms(self, bias):
@@ -208,7 +219,10 @@ class PlanConv:
             fix = Corrector(pick["mac"], pick["rate"], self._column_weights(wdev), rb, g, self.stage.fmt,
                             self.stage.relu, self.widths, imgs, xs, sat)
         dst = out if whole else np.zeros((len(imgs),) + out.shape[1:], out.dtype)
-        conv.conv_fast(xs, weights, rb, self.stage, dst, None, self.be._scratch_buffer, fix)
+        reader = fix
+        if getattr(self, "_mask", None) is not None:
+            reader = conv.SaturationReader(self._mask, self.stage.fmt.n, None if whole else imgs, also=fix)
+        conv.conv_fast(xs, weights, rb, self.stage, dst, None, self.be._scratch_buffer, reader)
         if fix is not None:
             fix.finish(dst, fix.rel_of)
         if not whole:
