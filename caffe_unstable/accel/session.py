@@ -102,6 +102,11 @@ class Accelerator:
         if not self.models:
             self._pass, self.last_plan = None, None
             return
+        if int(phase) == 0 and int(pass_) == 0:
+            # every TRAIN iteration re-sends the re-quantized weights (faults.md §6.1, §10.1): DDR upsets are gone
+            for model in self.models:
+                if hasattr(model, "upload"):
+                    model.upload()
         self._pass = PassKey(self.seed, int(phase), int(iteration), int(pass_))
         self.last_plan = FaultPlan(seed=self.seed, phase=int(phase), iteration=int(iteration), pass_=int(pass_),
                                    freq_mhz=self.freq_mhz, ser=float(self.ser or self._profile_ser()),

@@ -144,3 +144,45 @@ def test_chained_layer_reads_its_bottom_blob(model):
 def test_bad_training_options():
     with pytest.raises(CaffeUnstableError, match="--ste"):
         caffe.accel.open("numba", ste="rounded")
+
+
+def memory_profile(tmp_path, text):
+    path = tmp_path / "mem.devprofile.yaml"
+    path.write_text("format: caffe_unstable.device_profile/1\nsoft_errors:\n  mac_flip_rate: 0\n" + text)
+    return str(path)
+
+
+def test_backward_sees_the_activation_memory_flips(model, tmp_path):
+    """§6.2: the flipped input is what the layer computes with and what its backward sees."""
+    net, acc = accel_net(model, {"profile": memory_profile(tmp_path, "  act_bit_flip_prob: 0.01\n"), "seed": 3})
+    net.forward()
+    lp = next(lp for lp in acc.last_plan.layers if lp.layer_name == "conv1")
+    assert len(lp.act_events) > 10
+    fmt = TABLE["conv1"]
+    xq = float_to_fixed(model[2], fmt.frac_din)
+    flipped = xq.copy()
+    for n, addr, bit in zip(lp.act_events["n"], lp.act_events["addr"], lp.act_events["bit"]):
+        c, rest = divmod(int(addr), 9 * 9)             # the image [Cip][H][W]; flips in padded channels vanish
+        if c < 5:
+            flipped[n, c].reshape(-1)[rest] ^= np.int8(-128) if bit == 7 else np.int8(1 << int(bit))
+    np.testing.assert_array_equal(acc.backward_state["conv1"].input, fixed_to_float(flipped, fmt.frac_din))
+
+
+def test_ddr_weight_upsets_last_until_a_train_iteration_uploads_again(model, tmp_path):
+    """§6.1 weight_scope ddr: TEST forwards accumulate upsets; each TRAIN iteration re-sends the weights."""
+    net, acc = accel_net(model, {"profile": memory_profile(
+        tmp_path, "  weight_bit_flip_prob: 0.004\n  weight_scope: ddr\n"), "seed": 3})
+
+    def upsets(key):
+        net.fault_key = key
+        net.forward()
+        lp = next(lp for lp in acc.last_plan.layers if lp.layer_name == "conv1")
+        return set(zip(lp.weight_events["addr"].tolist(), lp.weight_events["bit"].tolist()))
+
+    first, second = upsets((1, 0, 0)), upsets((1, 0, 1))
+    # cumulative: the second pass lists the first one's upsets too (a bit hit twice is clean again)
+    assert len(first) > 30 and len(second) > 1.3 * len(first) and len(first - second) <= 2
+    fresh = upsets((0, 5, 0))
+    assert len(first & fresh) < 5 and len(fresh) < 1.3 * len(first)   # cleared: only this iteration's upsets
+    later = upsets((0, 5, 1))                                # iter_size passes of one iteration share the upload
+    assert len(later) > 1.3 * len(fresh) and len(fresh - later) <= 2
