@@ -45,22 +45,36 @@ def tail_profile(base, p, f_mhz):
     return DeviceProfile(data)
 
 
-def solve_p(hits, h0, base, f_mhz, target, log=None, lo=-8.0, hi=-0.5, steps=8, metric="top-5"):
+def solve_p(hits, h0, base, f_mhz, target, log=None, lo=-8.0, hi=-0.5, steps=8, metric="top-5", seen=None):
     """log10 p with Δ(p) = target by bisection (Δ falls as p grows; common random numbers keep the late adds
-    nested in p). Returns (p, Δ, SE) of the last evaluation closest to the target."""
-    best = None
-    for _ in range(steps):
+    nested in p). Returns (p, Δ, SE) of the evaluation closest to the target.
+
+    Why `seen` ({log10 p: (Δ, SE)}, shared by the targets): with σ = τ/10 the horizon table of tail_profile(p, f)
+    is the same at every f, so Δ depends on p alone; the bracket starts from the evaluations already made and the
+    bisection stops at the resolution `steps` halvings of [lo, hi] give."""
+    seen = {} if seen is None else seen
+    width = (hi - lo) / 2 ** steps
+    for lp, (d, _) in seen.items():
+        if lo < lp < hi:
+            if d > target:
+                lo = lp
+            else:
+                hi = lp
+    while True:
         mid = 0.5 * (lo + hi)
-        d, se = paired(hits(profile=tail_profile(base, 10 ** mid, f_mhz), freq_mhz=f_mhz), h0)
-        if log:
-            log(f"{f_mhz:g} MHz: P(K <= 30) = {10 ** mid:.3g}: delta {metric} = {d:+.2f} points (SE {se:.2f})")
-        if best is None or abs(d - target) < abs(best[1] - target):
-            best = (10 ** mid, d, se)
-        if d > target:
+        if hi - lo <= width * 1.000001 and seen:
+            break
+        if mid not in seen:
+            seen[mid] = paired(hits(profile=tail_profile(base, 10 ** mid, f_mhz), freq_mhz=f_mhz), h0)
+            if log:
+                d, se = seen[mid]
+                log(f"{f_mhz:g} MHz: P(K <= 30) = {10 ** mid:.3g}: delta {metric} = {d:+.2f} points (SE {se:.2f})")
+        if seen[mid][0] > target:
             lo = mid
         else:
             hi = mid
-    return best
+    lp = min(seen, key=lambda v: (abs(seen[v][0] - target), v))
+    return 10 ** lp, seen[lp][0], seen[lp][1]
 
 
 def fit_t0_sigma(points, tau, base_sigma):
@@ -87,10 +101,11 @@ def calibrate_tail(hits, base, targets, holdouts=(), holdout_tol=15.0, model_sha
         log(f"clean fixed point: {metric} = {clean:.2f} % on {len(h0)} images")
     tau = base.timing["tau_ns_per_bit"]
     rows = []
+    seen = {}
     for f, d in targets:
         if not -clean <= d < 0:
             raise CaffeUnstableError("calibrate", f"target {f:g}:{d:g} must be a loss in [-{clean:.1f}, 0) points")
-        p, got, se = solve_p(hits, h0, base, f, d, log, metric=metric)
+        p, got, se = solve_p(hits, h0, base, f, d, log, metric=metric, seen=seen)
         rows.append({"mhz": float(f), "delta": float(d), "p_k30": float(p), "z": round(q_inverse(p), 4),
                      "tail_delta": round(got, 3), "se": round(se, 4)})
     t0, sigma = fit_t0_sigma([(1000.0 / r["mhz"], r["z"]) for r in rows], tau, base.timing["jitter_ns"])

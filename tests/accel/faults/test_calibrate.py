@@ -1,4 +1,6 @@
 """faults.md §8.4 calibrate on a synthetic accuracy-loss curve: interpolation, the t0/τ solve, refusals."""
+import math
+
 import numpy as np
 import pytest
 
@@ -75,9 +77,13 @@ def test_jitter_tail_fit_recovers_t0_and_sigma():
         z = (1000.0 / f - t["t0_ns"] - 31 * t["tau_ns_per_bit"]) / t["jitter_ns"]
         return 1.0 - NormalDist().cdf(z)
 
+    tails = []
+
     def hits(horizon_k=None, profile=None, freq_mhz=None):
         if profile is None:
             return np.ones(N)
+        if profile.timing["jitter_ns"] == pytest.approx(0.007):       # a bisection profile (σ = τ/10)
+            tails.append(round(math.log10(p_k30(profile, freq_mhz)), 9))
         return (v >= min(1.0, 2.0 * p_k30(profile, freq_mhz))).astype(np.float64)   # half the late-capable adds break
 
     base = DeviceProfile.load("pipecnn_kcu1500")
@@ -91,3 +97,5 @@ def test_jitter_tail_fit_recovers_t0_and_sigma():
     assert report["heldout"][0]["passed"]
     for r in report["targets"]:
         assert r["simulated"] == pytest.approx(r["delta"], abs=1.0)
+    # Δ depends on p alone: the second target starts from the first one's evaluations and repeats none
+    assert len(tails) == len(set(tails)) and 8 < len(tails) < 16, len(tails)
