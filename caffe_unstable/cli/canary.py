@@ -183,10 +183,15 @@ class CanaryChecker:
                 raise CaffeUnstableError("--canaries profile", f"{shown} (give --profile P with a canaries: "
                                                                f"{{set: ...}} entry, or a *.canaries.npz path)")
             path, degraded_min = prof.resolve(prof.canaries["set"]), prof.canaries["degraded_min"]
-        if not Path(path).is_file():
+        if Path(path).is_dir():
+            self.set = set_from_folder(path, model, weights, acc, net, level, stages)
+            log.info(f"Canary set from {path}: {len(self.set.inputs)} images, references from the clean numba "
+                     f"accelerator", "faults.cpp:7")
+        elif not Path(path).is_file():
             raise CaffeUnstableError(str(path), "canary set not found")
-        sha = model_sha256(Path(model).read_bytes(), Path(weights).read_bytes())
-        self.set = CanarySet.load(path, model_sha=sha)
+        else:
+            sha = model_sha256(Path(model).read_bytes(), Path(weights).read_bytes())
+            self.set = CanarySet.load(path, model_sha=sha)
         quant = quant_sha256(acc.quant.layers) if acc.quant is not None else None
         if self.set.meta.get("quant_sha256") not in (None, quant):
             print(f"warning: {path}: the canary set was made with another quantization table (sha256 "
@@ -220,6 +225,50 @@ class CanaryChecker:
     @property
     def drifts(self):
         return sum(r["drift"] for r in self.results)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp")
+
+
+def set_from_folder(folder, model, weights, acc, like, level=0, stages=("",)):
+    """A canary set without expectations from every image of `folder` (sorted by name; faults.md §9): decoded
+    through the model's TEST data layer (an ImageData layer with its transform_param; one channel when the run's
+    net `like` takes one), references from a clean numba accelerator of the run's build and table. Labels are
+    unknown."""
+    import tempfile
+    from pathlib import Path
+
+    from ..accel import open as open_accel
+    from ..accel.faults.canaries import FORMAT, CanarySet, quant_sha256, top5
+    from ..io.prototxt import read_net_text
+    from ..log import NullLogger
+    from ..net.deploy import data_layers_to_image_list
+    from ..net.net import TEST, Net
+
+    names = sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not names:
+        raise CaffeUnstableError(str(folder), f"no images in the canary folder (looked for "
+                                              f"{', '.join(IMAGE_SUFFIXES)})")
+    clean = open_accel("numba", quant=None, **{k: getattr(acc.hw, k) for k in acc.hw.keys()})
+    clean.quant = acc.quant
+    param = read_net_text(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        listing = Path(tmp) / "canaries.txt"
+        listing.write_text("".join(f"{n} 0\n" for n in names))
+        gray = like.blobs[accel_ends(like).input_blob].shape[1] == 1     # a one-channel net (MNIST-like)
+        built = Net(data_layers_to_image_list(param, listing, str(folder).rstrip("/") + "/", max_batch=len(names),
+                                              gray=gray),
+                    TEST, level=level, stages=list(stages), weights=weights, accel=clean, log=NullLogger(),
+                    source=model)
+        ends = accel_ends(built)
+        inputs, _, _ = candidates(built, -(-len(names) // built.blobs[ends.input_blob].shape[0]))
+    inputs = inputs[:len(names)]
+    canary = CanaryNet(model, weights, clean, built, len(names), level, stages)
+    ref = canary.run(inputs, None)
+    meta = {"format": FORMAT, "model_sha256": None, "quant_sha256": quant_sha256(acc.quant.layers),
+            "count": len(names), "created_with": "cu-test --canaries DIR", "degraded_min": 0.9, "expected": [],
+            "source": f"{folder}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"}
+    return CanarySet(meta, inputs, np.full(len(names), -1, np.int32), ref, top5(ref))
 
 
 def describe_margins(margin):

@@ -30,7 +30,8 @@ F32 = np.float32
 @click.option("--fault-log", "fault_log", type=click.Path(dir_okay=False), default=None,
               help="Write one JSON line per forward pass per accelerated layer (faults.md §10.4).")
 @click.option("--canaries", "canaries", default=None, metavar="PATH",
-              help="Check this canary set (*.canaries.npz, or the word `profile` for the profile's canaries.set) "
+              help="Check this canary set (*.canaries.npz, the word `profile` for the profile's canaries.set, or "
+                   "a folder of images, made into a set at start with the clean numba accelerator's references) "
                    "on the accelerator before the first batch and after every --canary-every batches "
                    "(faults.md §9).")
 @click.option("--canary-every", "--canary_every", "canary_every", type=click.IntRange(min=0), default=0,

@@ -305,3 +305,39 @@ def test_canary_option_refusals(canary_setup, args, message):
     model, weights, _ = canary_setup
     code, err = cu_test("--model", model, "--weights", weights, "--iterations", 1, *args)
     assert (code, err.splitlines()[-1]) == (1, f"error: {message}")
+
+
+def test_a_folder_of_images_is_a_canary_set(canary_setup, tmp_path):
+    """--canaries DIR (faults.md §9): every image of the folder, decoded through the TEST data layer's transform
+    (one channel for LeNet), with references from the clean numba accelerator; exact at the safe clock, drifting
+    under heavy soft errors (no expectation: level >= 2 is a drift)."""
+    import cv2
+
+    from caffe_unstable.data.datasets import read_idx
+    from tests.fmnist import FILES, fashion_mnist_dir
+
+    model, weights, _ = canary_setup
+    images = read_idx(fashion_mnist_dir() / FILES["test"][0])[:6]
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for k, img in enumerate(images):
+        cv2.imwrite(str(folder / f"pic{k}.png"), img)
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "r.json"
+    code, err = cu_test("--model", model, "--weights", weights, "--quant", TABLES / "lenet.quant.yaml",
+                        "--iterations", 1, "--freq", 210, "--canaries", folder, "--json", out)
+    assert code == 0, err[-2000:]
+    assert f"Canary set from {folder}: 6 images, references from the clean numba accelerator" in err
+    ok = "level 0 exact (exact 6/6, top-1 6/6, top-5 6/6): OK"
+    assert canary_lines(err) == [f"Canary check 0 (before the first batch): {ok}",
+                                 f"Canary check 1 (after batch 1): {ok}"]
+    code, err = cu_test("--model", model, "--weights", weights, "--quant", TABLES / "lenet.quant.yaml",
+                        "--iterations", 1, "--ser", "1e-3", "--seed", 1, "--canaries", folder, "--json", out)
+    assert code == 0, err[-2000:]
+    checks = json.loads(out.read_text())["canaries"]
+    assert all(c["exact"] < 6 and c["level"] >= 1 for c in checks)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = cu_test("--model", model, "--weights", weights, "--quant", TABLES / "lenet.quant.yaml",
+                        "--iterations", 1, "--canaries", empty)
+    assert (code, err.splitlines()[-1].split(" (looked")[0]) == (1, f"error: {empty}: no images in the canary folder")
