@@ -344,7 +344,9 @@ def forward(net, i, bottom, top):
         w = layer.blobs[0].data.reshape(geom.O, geom.Cg, geom.Kh, geom.Kw)
         b = layer.blobs[1].data if getattr(layer, "bias_term", False) else None
         fmt = p.formats[i]
-        keep = bool(net._layer_need_backward[i])
+        # what the backward needs (faults.md §10.2), kept where a backward is expected: TRAIN nets, and nets with
+        # force_backward (pycaffe gradients of a deploy net); a TEST net's forward (cu-test) pays nothing for it
+        keep = bool(net._layer_need_backward[i]) and (net.phase == 0 or getattr(net, "_force_backward", False))
         exact = keep and p.blob_frac.get(net._bottom_ids[i][0]) == fmt.frac_din
         acc.conv(name, x, w, b, geom, fmt, i in p.relu_fused, top[0].data, layer_index=i, keep=keep,
                  input_exact=exact)

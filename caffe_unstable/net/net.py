@@ -306,6 +306,7 @@ class Net:
                     self._bottom_need_backward[i][j] = False
                 if not self._bottom_need_backward[i][j]:
                     skip_backp.add(names[bid])
+        self._force_backward = bool(param.force_backward)
         if param.force_backward:
             for i, layer in enumerate(self.layers):
                 self._layer_need_backward[i] = True

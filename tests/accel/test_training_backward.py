@@ -186,3 +186,16 @@ def test_ddr_weight_upsets_last_until_a_train_iteration_uploads_again(model, tmp
     assert len(first & fresh) < 5 and len(fresh) < 1.3 * len(first)   # cleared: only this iteration's upsets
     later = upsets((0, 5, 1))                                # iter_size passes of one iteration share the upload
     assert len(later) > 1.3 * len(fresh) and len(fresh - later) <= 2
+
+
+def test_a_test_net_keeps_nothing_for_a_backward(model, tmp_path):
+    """cu-test's TEST nets pay nothing for the training backward (no mask, no input copy)."""
+    path, params, x = model
+    plain = tmp_path / "test_phase.prototxt"
+    plain.write_text(open(path).read().replace("force_backward: true\n", ""))
+    acc = caffe.accel.open("numba", ser=3e-3, seed=5)
+    acc.quant = QuantTable(dict(TABLE))
+    net = caffe.Net(str(plain), caffe.TEST, accel=acc)
+    load(net, params, x)
+    net.forward()
+    assert acc.backward_state == {} and acc.last_stats["conv1"]["mac_flips"] > 0
