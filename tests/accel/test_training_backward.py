@@ -192,10 +192,13 @@ def test_a_test_net_keeps_nothing_for_a_backward(model, tmp_path):
     """cu-test's TEST nets pay nothing for the training backward (no mask, no input copy)."""
     path, params, x = model
     plain = tmp_path / "test_phase.prototxt"
-    plain.write_text(open(path).read().replace("force_backward: true\n", ""))
-    acc = caffe.accel.open("numba", ser=3e-3, seed=5)
-    acc.quant = QuantTable(dict(TABLE))
-    net = caffe.Net(str(plain), caffe.TEST, accel=acc)
-    load(net, params, x)
-    net.forward()
-    assert acc.backward_state == {} and acc.last_stats["conv1"]["mac_flips"] > 0
+    plain.write_text(open(path).read().replace("force_backward: true\n", "") +
+                     'layer { name: "loss" type: "Reduction" bottom: "ip1" top: "loss" loss_weight: 1 }\n')
+    for phase, kept in ((caffe.TEST, set()), (caffe.TRAIN, {"conv1", "ip1"})):
+        acc = caffe.accel.open("numba", ser=3e-3, seed=5)
+        acc.quant = QuantTable(dict(TABLE))
+        net = caffe.Net(str(plain), phase, accel=acc)
+        assert net._layer_need_backward[net._layer_names.index("conv1")]      # the loss needs it in both phases
+        load(net, params, x)
+        net.forward()
+        assert set(acc.backward_state) == kept and acc.last_stats["conv1"]["mac_flips"] > 0
