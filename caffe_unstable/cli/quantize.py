@@ -22,6 +22,9 @@ from . import console_logger, run
               help="After PipeCNN's layer-by-layer search, up to this many passes of a coordinate search (each "
                    "layer's frac_w, frac_dout, both, and a host-fed frac_din by +-1) judged by the whole net's "
                    "top-1, top-5 and loss on the calibration images.")
+@click.option("--refine-by", "--refine_by", "refine_by", type=click.Choice(["accuracy", "loss"]),
+              default="accuracy", show_default=True,
+              help="What a --refine move must improve: (top-1, top-5, -loss), or the mean cross-entropy alone.")
 @click.option("--start", "start", type=click.Path(dir_okay=False), default=None,
               help="A *.quant.yaml for this net to start from instead of PipeCNN's layer-by-layer search (with "
                    "--refine: refine an existing table).")
@@ -31,14 +34,15 @@ from . import console_logger, run
 @click.option("--level", type=int, default=0, show_default=True, help="The net state's level.")
 @click.option("--stage", default="", help="The net state's stages, separated by ','.")
 @click.argument("out", type=click.Path(dir_okay=False))
-def main(model, weights, calib, refine, start, published, level, stage, out):
+def main(model, weights, calib, refine, refine_by, start, published, level, stage, out):
     """Choose the fixed-point formats of every accelerated layer of MODEL and write them to OUT."""
     stages = [s for s in stage.split(",") if s]
     run(quantize, model, weights, calib, published, out, console_logger(), level=level, stages=stages,
-        refine=refine, start=start)
+        refine=refine, start=start, refine_by=refine_by)
 
 
-def quantize(model, weights, calib, published, out, log, level=0, stages=(), refine=0, start=None):
+def quantize(model, weights, calib, published, out, log, level=0, stages=(), refine=0, start=None,
+             refine_by="accuracy"):
     """Write the table; returns (table, report) (report None for --published)."""
     from .. import accel
     from ..accel import published as tables
@@ -71,7 +75,8 @@ def quantize(model, weights, calib, published, out, log, level=0, stages=(), ref
 
         first = QuantTable.load(start)
         accel_bridge.build_plan(accel_net, first)      # one line when it does not fit the net
-    table, report = search.choose_table(float_net, accel_net, calibration, log, refine=refine, start=first)
+    table, report = search.choose_table(float_net, accel_net, calibration, log, refine=refine, start=first,
+                                        refine_by=refine_by)
     table.net = float_net.name
     loss1 = report["float"]["top1"] - report["fixed"]["top1"]
     loss5 = report["float"]["top5"] - report["fixed"]["top5"]

@@ -245,15 +245,18 @@ class Search:
         return best_table, best
 
 
-    def refine(self, table, rounds=2):
+    def refine(self, table, rounds=2, by="accuracy"):
         """Coordinate search from `table` (the result of run()): per layer in forward order, frac_w +-1, frac_dout +-1
         (a Concat group together), both +-1 (n and m kept), and frac_din +-1 where the layer reads a host float
         tensor; every move evaluated by the accuracy of the whole net on the calibration set. A move is kept when it
-        raises (top-1, top-5, -loss); up to `rounds` passes, stopping early when a pass keeps nothing."""
+        raises (top-1, top-5, -loss) (by="accuracy"), or lowers the loss (by="loss": smoother than top-1 counts on
+        a few hundred images, which a search can overfit); up to `rounds` passes, stopping early when a pass keeps
+        nothing."""
         values = {i: [table[self.names[i]].frac_w, table[self.names[i]].frac_dout] for i in self.convs}
         din = {i: table[self.names[i]].frac_din for i in self.free_din}
         current = self.table(values, din=din)
         acc = self.candidates(self.calib.start, [current])[0]
+        _key = _loss_key if by == "loss" else _accuracy_key
         key = _key(acc)
         if self.log:
             self.log.info(f"refine: start top-1 {acc[0]:.4f}, top-5 {acc[1]:.4f}, loss {acc[2]:.4f}", "quantize.py:1")
@@ -309,8 +312,12 @@ class Search:
         return min(diff) if diff else len(self.net.layers) - 1
 
 
-def _key(acc):
+def _accuracy_key(acc):
     return acc[0], acc[1], -acc[2]
+
+
+def _loss_key(acc):
+    return -acc[2], acc[0], acc[1]
 
 
 def _feed(net, feed):
@@ -377,7 +384,7 @@ def _concat_groups(net, convs):
     return groups
 
 
-def choose_table(float_net, accel_net, calib, log=None, refine=0, start=None):
+def choose_table(float_net, accel_net, calib, log=None, refine=0, start=None, refine_by="accuracy"):
     """Run steps 1-3 (and `refine` rounds of Search.refine); returns (table, report dict with the float and fixed
     accuracies). `start`: a table for this net that replaces steps 2-3 (its refinement goes on from it)."""
     (f1, f5), ranges = measure(float_net, calib)
@@ -390,7 +397,7 @@ def choose_table(float_net, accel_net, calib, log=None, refine=0, start=None):
         table = start
         q1, q5, _ = search.candidates(calib.start, [start])[0]
     if refine:
-        table, (q1, q5) = search.refine(table, refine)
+        table, (q1, q5) = search.refine(table, refine, refine_by)
     report = {"images": calib.images, "source": calib.source,
               "float": {"top1": float(f1), "top5": float(f5)}, "fixed": {"top1": float(q1), "top5": float(q5)}}
     table.comments = ["calibration: {images: %d, source: %s, float: {top1: %.4f, top5: %.4f}, "

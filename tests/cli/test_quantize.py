@@ -148,3 +148,18 @@ def test_refine_from_a_given_table(lenet_with_lmdb, tmp_path):
     last = bad.output.strip().splitlines()[-1]
     assert last.startswith("error: ") and "conv2" in last and len(bad.output.strip().splitlines()[-1]) < 300
     assert not (tmp_path / "bad.quant.yaml").exists()
+
+
+def test_refine_by_loss_only_lowers_the_loss(lenet_with_lmdb, tmp_path):
+    model, weights, folder = lenet_with_lmdb
+    start = tmp_path / "start.quant.yaml"
+    start.write_text("format: caffe_unstable.quant/1\nlayers:\n"
+                     "  conv1: {frac_w: 7, frac_din: 6, frac_dout: 4}\n  conv2: {frac_w: 8, frac_din: 4, frac_dout: 2}\n"
+                     "  ip1: {frac_w: 9, frac_din: 2, frac_dout: 2}\n  ip2: {frac_w: 7, frac_din: 2, frac_dout: 1}\n")
+    out = tmp_path / "refined.quant.yaml"
+    result = CliRunner().invoke(main, [f"--model={model}", "--weights", str(weights), "--calib", "100",
+                                       "--start", str(start), "--refine", "1", "--refine-by", "loss", str(out)])
+    assert result.exit_code == 0, result.output
+    losses = [float(line.rsplit("loss ", 1)[1]) for line in result.output.splitlines() if "] refine" in line]
+    assert len(losses) >= 2                                   # the start and at least one kept move
+    assert all(b < a for a, b in zip(losses, losses[1:]))    # every kept move lowers the loss
