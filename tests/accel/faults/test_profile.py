@@ -159,6 +159,28 @@ def test_shipped_profiles_validate_and_round_trip(tmp_path, name):
     assert (tmp_path / "again.devprofile.yaml").read_text() == (tmp_path / "copy.devprofile.yaml").read_text()
 
 
+def test_shipped_squeezenet_calibration():
+    """The profile cu-characterize calibrate --fit-jitter fitted on SqueezeNet (docs/faults.md): it validates,
+    round-trips, keeps the base's build and τ, and its jitter gives the fitted tail probabilities."""
+    from statistics import NormalDist
+
+    p = DeviceProfile.load("pipecnn_kcu1500_squeezenet")
+    base = DeviceProfile.load("pipecnn_kcu1500")
+    assert p.status == "calibrated" and p.accelerator == base.accelerator and p.soft_errors == base.soft_errors
+    t = p.timing
+    assert (t["t0_ns"], t["tau_ns_per_bit"], t["jitter_ns"], t["jitter_scope"]) == (0.929767, 0.07, 0.2331, "per_add")
+    fit = p.data["fit"]
+    assert fit["method"] == "accuracy_targets_jitter_tail" and fit["images"] == 200
+    assert [(r["mhz"], r["delta"], r["simulated"]) for r in fit["targets"]] == [(250.0, -0.5, -0.5),
+                                                                               (260.0, -4.3, -8.0)]
+    assert fit["heldout"] == [{"mhz": 270.0, "given_top5": 10.0, "predicted_top5": 7.5, "passed": True}]
+    for r in fit["targets"]:          # P(K <= 30) at the target clock is the bisection's p
+        z = (1000.0 / r["mhz"] - t["t0_ns"] - 31 * t["tau_ns_per_bit"]) / t["jitter_ns"]
+        assert 1.0 - NormalDist().cdf(z) == pytest.approx(r["p_k30"], rel=0.02)
+    assert round(p.first_failure_mhz(), 1) == 322.6 and p.warnings() == []
+    assert p.check_freq(270) is None
+
+
 def test_shipped_starting_point_numbers():
     p = DeviceProfile.load("pipecnn_kcu1500")
     t = p.timing
