@@ -148,8 +148,8 @@ def test_refine_from_a_given_table(lenet_with_lmdb, tmp_path):
     assert all(f.n >= 1 and f.m >= 1 for f in table.layers.values())
     start_top1 = float(result.output.split("refine: start top-1 ")[1].split(",")[0])
     assert float(out.read_text().split("fixed: {top1: ")[1].split(",")[0]) >= start_top1
-    bad = quantize_from(lenet_with_lmdb, "format: caffe_unstable.quant/1\nlayers:\n"
-                                         "  conv1: {frac_w: 7, frac_din: 6, frac_dout: 4}\n", tmp_path / "bad.quant.yaml")
+    partial = "format: caffe_unstable.quant/1\nlayers:\n  conv1: {frac_w: 7, frac_din: 6, frac_dout: 4}\n"
+    bad = quantize_from(lenet_with_lmdb, partial, tmp_path / "bad.quant.yaml")
     assert bad.exit_code == 1
     last = bad.output.strip().splitlines()[-1]
     assert last.startswith("error: ") and "layer 'conv2' (Convolution) has no entry" in last
