@@ -166,6 +166,8 @@ def test_backward_sees_the_activation_memory_flips(model, tmp_path):
         if c < 5:
             flipped[n, c].reshape(-1)[rest] ^= np.int8(-128) if bit == 7 else np.int8(1 << int(bit))
     np.testing.assert_array_equal(acc.backward_state["conv1"].input, fixed_to_float(flipped, fmt.frac_din))
+    # the cut stays the fault-free one: the clean pass reads the unflipped memory
+    np.testing.assert_array_equal(acc.backward_state["conv1"].clean_saturated, clean_saturation(model[1], model[2]))
 
 
 def test_ddr_weight_upsets_last_until_a_train_iteration_uploads_again(model, tmp_path):

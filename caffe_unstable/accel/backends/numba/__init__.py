@@ -151,7 +151,7 @@ class NumbaBackend(Backend):
         if launch.path == "mac":
             mac_run.conv_mac_order(mem["input"], wdev, rb, stage, self.hw, out)
             if mask is not None:
-                self.clean_saturation(mem, stage, mask)
+                self.clean_pass(mem, stage, conv.SaturationReader(mask, stage.fmt.n))
         else:
             reader = conv.SaturationReader(mask, stage.fmt.n) if mask is not None else None
             conv.conv_fast(mem["input"], self.conv_weights(mem, wdev, g), rb, stage, out, launch.sums_hook,
@@ -185,13 +185,14 @@ class NumbaBackend(Backend):
     def _saturation_mask(g):
         return np.zeros((g.N, g.O, g.Ho * g.Wo), np.uint8)
 
-    def clean_saturation(self, mem, stage, mask):
-        """One more clean pass over the slot's fault-free buffers, for the saturation mask only (the faulty
-        launch could not see the clean sums: register-loop outputs, memory faults)."""
+    def clean_pass(self, mem, stage, reader=None):
+        """The slot's fault-free layer once more, from its clean device buffers (device activations); `reader`
+        sees its sums (conv_fast's sums_reader). For what a faulty launch cannot see: the clean outputs under
+        memory faults, the clean saturation of register-loop outputs."""
         g = stage.geom
-        scratch_out = self._scratch_buffer("clean_out", (g.N, g.Ob, g.Ho, g.Wo, g.vec), np.int8)
+        out = np.zeros((g.N, g.Ob, g.Ho, g.Wo, g.vec), np.int8)
         conv.conv_fast(mem["input"], self.conv_weights(mem, mem["weights"], g), self.bias_terms(mem, stage), stage,
-                       scratch_out, None, self._scratch_buffer, conv.SaturationReader(mask, stage.fmt.n))
-
+                       out, None, self._scratch_buffer, reader)
+        return out
 
 BACKEND = NumbaBackend

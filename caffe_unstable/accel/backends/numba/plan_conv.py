@@ -170,7 +170,9 @@ class PlanConv:
             if sat is not None:              # the loop's outputs: its own sums, not the GEMM's
                 sat[self.in_loop] = (flags[self.in_loop] & 4) != 0
         if self.memory:
-            changed, saturated = self._memory_counts(out, sat)
+            changed, saturated = self._memory_counts(out, sat, mask)
+        elif mask is not None and self._mask is None:     # register-loop outputs: the clean sums need a pass
+            self.be.clean_pass(mem, self.stage, conv.SaturationReader(mask, self.stage.fmt.n))
         stats = {"path": "+".join(p for p, used in (("fast", used_fast), ("mac", used_loop)) if used) or "fast",
                  "mac_flips": int(len(lp.mac_events)), "masked": int(lp.masked), "outputs_changed": changed,
                  "outputs_saturated": saturated, "rate_events": int(len(lp.rate_events)), "late_adds": late,
@@ -181,8 +183,6 @@ class PlanConv:
         stats["stuck_outputs_changed"] = 0 if not len(lp.stuck) else (changed if only_stuck else None)
         stats["hit_mask"] = (flags & 1) != 0 if flags is not None else None     # (N, O, Ho, Wo): a late add
         if mask is not None:
-            if self._mask is None:       # loop outputs and memory faults: the clean sums need their own pass
-                self.be.clean_saturation(mem, self.stage, mask)
             stats["clean_saturated"] = mask.reshape(g.N, g.O, g.Ho, g.Wo).view(bool)
         if x is not mem["input"]:
             stats["input_consumed"] = x  # activation-memory faults: what the launch read (for the backward)
@@ -201,12 +201,7 @@ class PlanConv:
         """GEMM over `imgs` plus the corrections of their records on outputs outside the loop."""
         g, mem = self.g, self.mem
         whole = len(imgs) == g.N
-        if variant:
-            weights = conv.ConvWeights(wdev, g)
-        else:
-            weights = mem.get("_weights")
-            if weights is None or not weights.matches(wdev, g):
-                weights = mem["_weights"] = conv.ConvWeights(wdev, g)
+        weights = conv.ConvWeights(wdev, g) if variant else self.be.conv_weights(mem, wdev, g)
         pick = {}
         for name, arr in (("mac", self.mac), ("rate", self.rate)):
             keep = ~in_loop_rec[name]
@@ -271,16 +266,12 @@ class PlanConv:
                                 flags, timing, recs["mac"], recs["rate"], stuck,
                                 self.stuck_lanes[lanes].astype(np.uint8))
 
-    def _memory_counts(self, out, sat):
-        """With memory faults every output may change: compare with the clean layer, computed once more."""
-        g, mem = self.g, self.mem
-        clean = np.zeros_like(out)
-        weights = mem.get("_weights")
-        if weights is None or not weights.matches(mem["weights"], g):
-            weights = mem["_weights"] = conv.ConvWeights(mem["weights"], g)
-        bdev = mem.get("bias") if self.stage.has_bias else None
-        rb = self._bias_terms(bdev) if bdev is not None else np.zeros(g.O, np.int64)
-        conv.conv_fast(mem["input"], weights, rb, self.stage, clean, None, self.be._scratch_buffer)
+    def _memory_counts(self, out, sat, mask=None):
+        """With memory faults every output may change: compare with the clean layer, computed once more (which
+        also gives the clean saturation `mask`, when one is wanted)."""
+        g = self.g
+        reader = conv.SaturationReader(mask, self.stage.fmt.n) if mask is not None else None
+        clean = self.be.clean_pass(self.mem, self.stage, reader)
         diff = layouts.activations_recover(out, g.O) != layouts.activations_recover(clean, g.O)
         return int(diff.sum()), int((diff & sat).sum())
 
