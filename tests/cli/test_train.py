@@ -389,11 +389,12 @@ def test_seed_overrides_random_seed_and_accel_goes_through_open_accel(tmp_path, 
         real_init(self, *args, **kwargs)          # run in float: only the hand-over is under test here
 
     monkeypatch.setattr(caffe.Net, "__init__", spy)
-    code, stderr = cu_train("tiny_solver.prototxt", "--seed", 42, "--accel", "numba", "--freq", "250")
+    code, stderr = cu_train("tiny_solver.prototxt", "--seed", 42, "--accel", "numba", "--freq", "250", "--ste",
+                            "plain", "--backward-weights", "quantized")
     assert code == 0, stderr
     assert "random_seed: 42\n" in stderr
     assert opened == {"accel": "numba", "quant": None, "freq": "250", "ser": None, "profile": None, "seed": 42,
-                      "fault_layers": None, "ste": "clipped", "backward_weights": "master"}
+                      "fault_layers": None, "ste": "plain", "backward_weights": "quantized"}
     assert len(made) == 1 and isinstance(made[0], FakeAccel)
 
 
