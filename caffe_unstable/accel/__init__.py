@@ -12,6 +12,7 @@ from ..errors import CaffeUnstableError
 from .interface import HwConfig, Launch  # noqa: F401  (the public names)
 from .quant import LayerFormat  # noqa: F401
 from .quant_table import QuantTable
+from .session import BACKWARD_WEIGHTS, STE_MODES
 
 PUBLISHED_PREFIX = "pipecnn:"
 
@@ -65,9 +66,9 @@ def open(backend, quant=None, profile=None, freq_mhz=None, ser=None, seed=None, 
     if unknown:
         raise CaffeUnstableError("accel.open", f"unknown hardware parameter '{unknown[0]}' "
                                                f"(known: {', '.join(HwConfig.keys())})")
-    if backward_weights not in ("master", "quantized"):
+    if backward_weights not in BACKWARD_WEIGHTS:
         raise CaffeUnstableError("--backward-weights", f"must be master or quantized, got {backward_weights!r}")
-    if ste not in ("clipped", "plain"):
+    if ste not in STE_MODES:
         raise CaffeUnstableError("--ste", f"must be clipped or plain, got {ste!r}")
     prof = load_profile(profile, faults_wanted)
     build = {k: v for k, v in (prof.accelerator.items() if prof is not None else ()) if k in HwConfig.keys()}

@@ -32,11 +32,10 @@ STATS_FIELDS = ("images", "mac_flips", "masked", "outputs_changed", "outputs_sat
 class BackwardState:
     """A conv/FC forward's record for its backward (faults.md §10.2): clean_saturated, bool (N, O, Ho, Wo) where
     the fault-free r1 left the int8 range (None: not known); input, the float32 input the launch consumed (None:
-    the bottom blob holds it); fmt, the layer's format."""
+    the bottom blob holds it)."""
 
     clean_saturated: object
     input: object
-    fmt: object
 
 
 class Accelerator:
@@ -211,7 +210,7 @@ class Accelerator:
         else:
             q = be.data_layout_recover(xdev if consumed is None else consumed, "input", geom)
             inp = be.fixed_to_float(q, fmt.frac_din).reshape(x.shape)
-        return BackwardState(launch.stats.pop("clean_saturated", None), inp, fmt)
+        return BackwardState(launch.stats.pop("clean_saturated", None), inp)
 
     def backward_weights_of(self, slot, shape):
         """The dequantized int8 weights on the device for slot (backward_weights="quantized"), float32 `shape`."""

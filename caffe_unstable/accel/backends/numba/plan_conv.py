@@ -215,7 +215,7 @@ class PlanConv:
                             self.stage.relu, self.widths, imgs, xs, sat)
         dst = out if whole else np.zeros((len(imgs),) + out.shape[1:], out.dtype)
         reader = fix
-        if getattr(self, "_mask", None) is not None:
+        if self._mask is not None:
             reader = conv.SaturationReader(self._mask, self.stage.fmt.n, None if whole else imgs, also=fix)
         conv.conv_fast(xs, weights, rb, self.stage, dst, None, self.be._scratch_buffer, reader)
         if fix is not None:
