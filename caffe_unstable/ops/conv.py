@@ -14,13 +14,14 @@ import math
 
 import numpy as np
 
+from . import direct_conv
 from .base import Layer, register
 from .im2col import SCRATCH, col2im, im2col, image_to_rows, rows_to_image
 from .parallel import for_each
 
 # The batch is split into chunks whose columns hold about this many floats: small enough that im2col's output is
 # still in cache when the GEMM reads it, large enough for a GEMM near peak.
-COL_CHUNK_FLOATS = 1 << 20
+COL_CHUNK_FLOATS = 1 << 18
 WEIGHT_SLOTS = 4    # the weight gradient's partial sums (see weight_gemm)
 TRANSPOSED_RATIO = 2  # use it when the im2col of dout copies at most twice what col2im would add (a copy costs
 # a third of col2im's scattered add)
@@ -51,9 +52,12 @@ def flipped_transposed(w, g):
 
 
 def chunks(n, floats_per_item):
-    """Batch ranges [a, b) whose columns (floats_per_item each) fit COL_CHUNK_FLOATS."""
+    """Batch ranges [a, b) whose columns (floats_per_item each) fit COL_CHUNK_FLOATS, as few as that allows and
+    of sizes differing by at most one (uneven chunks leave a thread idle at the end of a layer)."""
     step = max(1, COL_CHUNK_FLOATS // max(1, floats_per_item))
-    return [(i, min(n, i + step)) for i in range(0, n, step)]
+    count = -(-n // step)
+    bounds = [n * i // count for i in range(count + 1)] if count else [0]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 class ConvGeometry:
@@ -312,6 +316,11 @@ class BaseConvolution(Layer):
         ppd = self.param_propagate_down
         return j >= len(ppd) or bool(ppd[j])
 
+    def _direct(self):
+        """Whether this layer's forward and weight gradient take the direct path (ops/direct_conv.py)."""
+        return (not self.reverse_dimensions
+                and direct_conv.applies(self.geo, self.num_spatial_axes, self.channels // self.geo.group))
+
 
 @register
 class Convolution(BaseConvolution):
@@ -322,9 +331,28 @@ class Convolution(BaseConvolution):
 
     def forward(self, bottom, top):
         bias = self.blobs[1].data if self.bias_term else None
+        direct = self._direct()
         for b, t in zip(bottom, top):
-            y = t.data.reshape(self.num, self.num_output, -1)
-            self.forward_gemm(self._image(b.data, self.channels, self.in_sp), self.out_sp, y, bias)
+            x = self._image(b.data, self.channels, self.in_sp)
+            if direct:
+                direct_conv.forward(x, self.blobs[0].data, bias, self.geo,
+                                    self._image(t.data, self.num_output, self.out_sp), SCRATCH)
+            else:
+                self.forward_gemm(x, self.out_sp, t.data.reshape(self.num, self.num_output, -1), bias)
+
+    def direct_weight_gradient(self, x, dy, dw, db, dw_zero, db_zero):
+        """weight_gemm's job on the direct path: computed into scratch, then written or added."""
+        new_dw = SCRATCH.get("direct_dw", self.blobs[0].shape)
+        new_db = SCRATCH.get("direct_db", (self.num_output,)) if db is not None else None
+        direct_conv.weight_gradient(x, self._image(dy, self.num_output, self.out_sp), self.geo, new_dw, new_db,
+                                    SCRATCH)
+        for diff, new, zero in ((dw, new_dw, dw_zero), (db, new_db, db_zero)):
+            if diff is None:
+                continue
+            if zero:
+                diff[...] = new
+            else:
+                diff += new
 
     def backward(self, top, propagate_down, bottom):
         o = self.num_output
@@ -333,7 +361,10 @@ class Convolution(BaseConvolution):
                        else (None, False))
         for i, (t, b) in enumerate(zip(top, bottom)):
             dy = t.diff.reshape(self.num, o, -1)
-            if dw is not None or db is not None:
+            if (dw is not None or db is not None) and self._direct():
+                self.direct_weight_gradient(self._image(b.data, self.channels, self.in_sp), dy, dw, db,
+                                            dw_zero and i == 0, db_zero and i == 0)
+            elif dw is not None or db is not None:
                 # Caffe re-reads the bottom here: the columns are rebuilt from it, never kept from forward
                 self.weight_gemm(self._image(b.data, self.channels, self.in_sp), self.out_sp, dy, dw, db,
                                  dw_zero and i == 0, db_zero and i == 0)

@@ -24,6 +24,18 @@ def fused_axpy(alpha, x, y):
     _fused_axpy_loop(np.float32(alpha), x.reshape(-1), y.reshape(-1))
 
 
+def sgd_update(w, g, h, local_decay, local_rate, momentum):
+    """Momentum SGD's whole per-param step in one pass, bit for bit the sequence regularize (caffe_axpy),
+    ComputeUpdateValue (caffe_cpu_axpby, copy) and Net::Update (w -= diff): g += decay*w (skipped when decay is
+    0, as Caffe skips it), h = rate*g + momentum*h, g = h, w -= h. Large params are split over the ops' threads
+    (elementwise: the split changes nothing)."""
+    from ..ops.parallel import in_parallel
+
+    wf, gf, hf = w.reshape(-1), g.reshape(-1), h.reshape(-1)
+    args = (np.float32(local_decay), np.float32(local_rate), np.float32(momentum))
+    in_parallel(lambda a, b: _sgd_update_loop(wf, gf, hf, *args, a, b), wf.size, wf.size, pieces=2)
+
+
 def powx(a, b, out):
     """out = powf(a, b) elementwise, float32 (caffe_powx / vsPowx); `out` may be `a`."""
     _powf_loop(a.reshape(-1), np.float32(b), out.reshape(-1))
@@ -43,6 +55,19 @@ def _fused_axpy_loop(alpha, x, y):
     a = np.float64(alpha)
     for i in range(x.size):
         y[i] = np.float32(np.float64(y[i]) + a * np.float64(x[i]))
+
+
+@numba.njit(cache=True, nogil=True)
+def _sgd_update_loop(w, g, h, decay, rate, momentum, i0, i1):
+    d, r = np.float64(decay), np.float64(rate)
+    for i in range(i0, i1):
+        gi = g[i]
+        if decay != 0:
+            gi = np.float32(np.float64(gi) + d * np.float64(w[i]))
+        hi = np.float32(r * np.float64(gi) + np.float64(np.float32(momentum * h[i])))
+        h[i] = hi
+        g[i] = hi
+        w[i] = w[i] - hi
 
 
 @numba.njit(cache=True, nogil=True)

@@ -8,8 +8,9 @@ import numpy as np
 
 from ..errors import CaffeUnstableError
 from ..log import format_value as _fmt
+from ..net.net import Net
 from . import lr_policy
-from .blas import axpby, fused_axpy
+from .blas import axpby, fused_axpy, sgd_update
 from .base import Solver
 
 f32 = np.float32
@@ -53,12 +54,26 @@ class SGDSolver(Solver):
         if p.display and self.iter % p.display == 0:
             self.log.info(f"Iteration {self.iter}, lr = {_fmt(rate)}", "sgd_solver.cpp:112")
         self.clip_gradients()
-        for i in range(len(self.net.learnable_params)):
-            self.normalize(i)
-            self.regularize(i)
-            self.compute_update_value(i, rate)
-        self.net.update()
+        if self._fused_update():
+            # plain momentum SGD with L2 decay: one pass per param does regularize, the update and Net::Update
+            for i, blob in enumerate(self.net.learnable_params):
+                self.normalize(i)
+                local_decay = f32(p.weight_decay) * f32(self.net.params_weight_decay[i])
+                sgd_update(blob.data, blob.diff, self.history[i], local_decay, self.local_rate(i, rate),
+                           p.momentum)
+        else:
+            for i in range(len(self.net.learnable_params)):
+                self.normalize(i)
+                self.regularize(i)
+                self.compute_update_value(i, rate)
+            self.net.update()
         self.iter += 1
+
+    def _fused_update(self):
+        """Whether apply_update may fuse its per-param steps (sgd_update): this class's rule and L2 decay."""
+        cls = type(self)
+        return (cls.compute_update_value is SGDSolver.compute_update_value and cls.regularize is SGDSolver.regularize
+                and type(self.net).update is Net.update and self.param.regularization_type == "L2")
 
     def clip_gradients(self):
         """Scale all diffs by clip/||g|| when the L2 norm of all accumulated diffs exceeds `clip_gradients`."""

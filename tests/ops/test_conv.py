@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import caffe_unstable.ops.conv as conv
+import caffe_unstable.ops.direct_conv as direct_conv
 import caffe_unstable.ops.im2col as im2col
 import caffe_unstable.ops.parallel as parallel
 from caffe_unstable.errors import CaffeUnstableError
@@ -56,6 +57,14 @@ def naive_deconv(x, w, b, stride, pad, dilation, group):
     return y
 
 
+@pytest.fixture(params=["gemm", "direct"])
+def conv_path(request, monkeypatch):
+    """Run a test on both Convolution paths: im2col + GEMM, and the direct path of ops/direct_conv.py wherever
+    its geometry allows it (2-D, stride 1), whatever the tap count."""
+    monkeypatch.setattr(direct_conv, "DIRECT_MAX_TAPS", 0 if request.param == "gemm" else 1 << 30)
+    return request.param
+
+
 def make(text, shapes, seed=0):
     layer = layer_from_text(text)
     rng = np.random.default_rng(seed)
@@ -87,17 +96,22 @@ CONV_CASES = [
     ("num_output: 3 kernel_size: 1", (2, 4, 3, 3), (1, 1), (0, 0), (1, 1), 1),
     ("num_output: 4 kernel_size: 1 group: 2", (2, 4, 3, 3), (1, 1), (0, 0), (1, 1), 2),
     ("num_output: 2 kernel_size: 3 pad: 1", (2, 3, 5, 5), (1, 1), (1, 1), (1, 1), 1),   # stride-1 data path
+    ("num_output: 4 kernel_size: 3 kernel_size: 2 pad: 2 pad: 1 dilation: 2 dilation: 3 group: 2", (2, 4, 7, 8),
+     (1, 1), (2, 1), (2, 3), 2),                                                          # direct: every option
+    ("num_output: 3 kernel_size: 5 bias_term: false", (3, 1, 9, 7), (1, 1), (0, 0), (1, 1), 1),
     ("num_output: 3 kernel_size: 2 kernel_size: 3 stride: 1 stride: 2 pad: 1 pad: 0", (1, 2, 5, 6),
      (1, 2), (1, 0), (1, 1), 1),
 ]
 
 
 @pytest.mark.parametrize("cp,shape,stride,pad,dilation,group", CONV_CASES)
-def test_forward_matches_naive(cp, shape, stride, pad, dilation, group):
+def test_forward_matches_naive(cp, shape, stride, pad, dilation, group, conv_path):
     layer, bottom, top = make(f'type: "Convolution" convolution_param {{ {cp} }}', [shape])
     w = layer.blobs[0].data.astype(np.float64)
-    want = naive_conv(bottom[0].data.astype(np.float64), w, layer.blobs[1].data, stride, pad, dilation, group)
+    bias = layer.blobs[1].data if layer.bias_term else None
+    want = naive_conv(bottom[0].data.astype(np.float64), w, bias, stride, pad, dilation, group)
     assert top[0].shape == want.shape
+    np.testing.assert_allclose(top[0].data, want, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(top[0].data, want, rtol=1e-4, atol=1e-5)
 
 
@@ -172,6 +186,8 @@ GRAD_CASES = [
      [(2, 4, 6, 5)]),
     ('type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 pad: 1 }', [(2, 3, 4, 4)]),
     ('type: "Convolution" convolution_param { num_output: 3 kernel_size: 1 }', [(2, 2, 3, 3)]),
+    ('type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 pad: 2 dilation: 2 group: 2 }',
+     [(2, 2, 5, 6)]),
     ('type: "Convolution" convolution_param { num_output: 2 kernel_h: 2 kernel_w: 3 bias_term: false }',
      [(1, 2, 4, 5), (1, 2, 4, 5)]),
     ('type: "Convolution" convolution_param { num_output: 2 kernel_size: 2 stride: 2 pad: 1 }', [(1, 2, 3, 3, 3)]),
@@ -182,11 +198,11 @@ GRAD_CASES = [
 
 
 @pytest.mark.parametrize("text,shapes", GRAD_CASES)
-def test_gradient(text, shapes):
+def test_gradient(text, shapes, conv_path):
     check_gradient(lambda: layer_from_text(text), shapes, num_tops=len(shapes), max_checks=60)
 
 
-def test_param_diffs_accumulate_and_bottom_diff_is_overwritten():
+def test_param_diffs_accumulate_and_bottom_diff_is_overwritten(conv_path):
     layer, bottom, top = make('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 }', [(2, 2, 5, 5)])
     top[0].diff[...] = np.random.default_rng(1).normal(size=top[0].shape)
     layer.backward(top, [True], bottom)
@@ -199,7 +215,32 @@ def test_param_diffs_accumulate_and_bottom_diff_is_overwritten():
     np.testing.assert_allclose(db, top[0].diff.sum(axis=(0, 2, 3)), rtol=1e-5)
 
 
-def test_param_propagate_down_false_leaves_diffs():
+def test_bias_gradient_alone(conv_path):
+    """param_propagate_down [false, true]: the bias diff is the top diff summed, the weight diff stays."""
+    layer, bottom, top = make('type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 }', [(2, 2, 5, 6)])
+    top[0].diff[...] = np.random.default_rng(3).normal(size=top[0].shape)
+    layer.param_propagate_down = [False, True]
+    layer.backward(top, [False], bottom)
+    assert not layer.blobs[0].diff.any()
+    np.testing.assert_allclose(layer.blobs[1].diff, top[0].diff.sum(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+
+
+def test_which_convolutions_run_direct():
+    """The direct path takes 2-D stride-1 convolutions with few taps: LeNet's conv1 (1x5x5), not cifar10_quick's
+    (3x5x5), not a strided or 3-D one, not Deconvolution."""
+    cases = [("num_output: 20 kernel_size: 5", (2, 1, 12, 12), True),
+             ("num_output: 32 kernel_size: 5 pad: 2", (2, 3, 12, 12), False),
+             ("num_output: 4 kernel_size: 3 pad: 1 group: 2", (2, 8, 6, 6), True),
+             ("num_output: 4 kernel_size: 3 stride: 2", (2, 1, 7, 7), False),
+             ("num_output: 2 kernel_size: 2", (1, 1, 3, 3, 3), False)]
+    for cp, shape, direct in cases:
+        layer, _, _ = make(f'type: "Convolution" convolution_param {{ {cp} }}', [shape])
+        assert layer._direct() is direct, cp
+    layer, _, _ = make('type: "Deconvolution" convolution_param { num_output: 2 kernel_size: 3 }', [(1, 1, 4, 4)])
+    assert not layer._direct()
+
+
+def test_param_propagate_down_false_leaves_diffs(conv_path):
     layer, bottom, top = make('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 }', [(1, 2, 4, 4)])
     top[0].diff[...] = 1
     layer.param_propagate_down = [False, False]
@@ -207,7 +248,7 @@ def test_param_propagate_down_false_leaves_diffs():
     assert not layer.blobs[0].diff.any() and not layer.blobs[1].diff.any() and not bottom[0].diff.any()
 
 
-def test_backward_rereads_a_changed_bottom():
+def test_backward_rereads_a_changed_bottom(conv_path):
     """Caffe's weight gradient uses the bottom as it is at backward time, not the columns of forward."""
     text = 'type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 }'
     layer, bottom, top = make(text, [(1, 2, 5, 5)])
@@ -355,7 +396,7 @@ def test_row_transposes():
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_cleared_param_diffs_are_written_like_zeros_added(monkeypatch, threads):
+def test_cleared_param_diffs_are_written_like_zeros_added(monkeypatch, threads, conv_path):
     """Lazily cleared weight and bias diffs (Blob.clear_diff) are overwritten by the backward, with the values of
     adding into zeros, and accumulate on the next backward; several chunks and weight slots, any thread count."""
     text = 'type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 pad: 1 }'
@@ -381,7 +422,7 @@ def test_cleared_param_diffs_are_written_like_zeros_added(monkeypatch, threads):
     np.testing.assert_allclose(results[0][2], 2 * results[0][0], rtol=1e-6)
 
 
-def test_weight_gradient_does_not_depend_on_the_thread_count(monkeypatch):
+def test_weight_gradient_does_not_depend_on_the_thread_count(monkeypatch, conv_path):
     """Chunks run on any thread, but the weight gradient's partial sums are fixed by the shape: bit-equal."""
     text = 'type: "Convolution" convolution_param { num_output: 5 kernel_size: 3 group: 1 }'
     monkeypatch.setattr(conv, "COL_CHUNK_FLOATS", 300)

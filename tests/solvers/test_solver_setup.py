@@ -242,3 +242,23 @@ def test_missing_snapshot_folder_is_created(folder):
     assert (folder / "deep" / "er").is_dir()
     solver.step(2)
     assert (folder / "deep/er/run_iter_2.caffemodel").exists() and (folder / "deep/er/run_iter_2.solverstate").exists()
+
+
+@pytest.mark.parametrize("extra", ["momentum: 0.9\nweight_decay: 0.01\n", "momentum: 0.5\n",
+                                   "momentum: 0.9\nweight_decay: 0.01\niter_size: 2\n"])
+def test_fused_sgd_update_equals_caffes_steps(folder, monkeypatch, extra):
+    """Plain SGD's one-pass update (blas.sgd_update) gives the bits of regularize, ComputeUpdateValue and
+    Net::Update run one after another: weights, history and the diffs left holding the update."""
+    from caffe_unstable.solvers import SGDSolver
+
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(SGDSolver, "_fused_update", lambda self, f=fused: f)
+        solver = _solver(folder, extra, base=BASE.replace('"fixed"', '"inv"\ngamma: 0.1\npower: 0.75'))
+        solver.net.params["ip"][0].data[0, 0] = 0.0          # a zero weight: decay adds exactly nothing
+        solver.step(3)
+        results.append([a.copy() for blob in solver.net.params["ip"] for a in (blob.data, blob.diff)]
+                       + [h.copy() for h in solver.history])
+    for ours, steps in zip(*results):
+        np.testing.assert_array_equal(ours, steps)
+    assert not np.array_equal(results[0][0], results[0][1])
