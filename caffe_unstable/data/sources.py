@@ -7,6 +7,7 @@ import os
 import re
 
 import numpy as np
+from numba import njit
 
 from ..errors import CaffeUnstableError
 from ..proto import caffe_pb2
@@ -134,69 +135,116 @@ def datum_array(datum, name="", where=""):
     return np.asarray(datum.float_data, F32).reshape(shape)
 
 
-def _varint(buf, pos):
-    result = shift = 0
-    while True:
+@njit(cache=True, nogil=True)
+def _varint(buf, pos, end):
+    """(value, next position) of the base-128 varint at buf[pos]; position -1 when it runs past `end`."""
+    result = np.uint64(0)
+    shift = np.uint64(0)
+    while pos < end and shift < 64:
         b = buf[pos]
         pos += 1
-        result |= (b & 0x7F) << shift
+        result |= np.uint64(b & 0x7F) << shift
         if b < 0x80:
             return result, pos
-        shift += 7
+        shift += np.uint64(7)
+    return result, -1
 
 
-_SLOTS = {1: 0, 2: 1, 3: 2, 5: 3, 7: 4}   # Datum field numbers: channels, height, width, label, encoded
+@njit(cache=True, nogil=True)
+def _int32(value):
+    """An int32 field's varint value (negatives are 10-byte varints): the low 32 bits, signed."""
+    low = np.int64(value & np.uint64(0xFFFFFFFF))
+    return low - (np.int64(1) << 32) if low >= (np.int64(1) << 31) else low
+
+
+@njit(cache=True, nogil=True)
+def _scan_records(buf, starts, out):
+    """out[i] = (channels, height, width, label, data offset in buf, data length, ok) of the serialized Datum
+    buf[starts[i]:starts[i + 1]], read off the wire format; ok 0 when the record needs the full parser
+    (encoded, float_data, an unexpected wire type, malformed)."""
+    for i in range(starts.size - 1):
+        pos, end = starts[i], starts[i + 1]
+        f = np.zeros(5, np.int64)                 # channels, height, width, label, encoded
+        offset = length = 0
+        ok = 1
+        while pos < end:
+            key, pos = _varint(buf, pos, end)
+            if pos < 0:
+                ok = 0
+                break
+            field, wire = np.int64(key >> np.uint64(3)), np.int64(key & np.uint64(7))
+            if wire == 0:
+                value, pos = _varint(buf, pos, end)
+                if pos < 0:
+                    ok = 0
+                    break
+                # Datum fields 1-3 channels/height/width, 5 label, 7 encoded
+                slot = (0 if field == 1 else 1 if field == 2 else 2 if field == 3 else 3 if field == 5
+                        else 4 if field == 7 else -1)
+                if slot >= 0:
+                    f[slot] = _int32(value)
+            elif wire == 2:
+                n, pos = _varint(buf, pos, end)
+                if pos < 0 or field == 6:         # truncated, or packed float_data
+                    ok = 0
+                    break
+                if field == 4:
+                    offset, length = pos, np.int64(n)
+                pos += np.int64(n)
+            elif wire == 5 and field != 6:
+                pos += 4
+            elif wire == 1:
+                pos += 8
+            else:                                 # unpacked float_data, or a wire type we do not expect
+                ok = 0
+                break
+        if pos != end or f[4]:
+            ok = 0
+        out[i, 0], out[i, 1], out[i, 2], out[i, 3] = f[0], f[1], f[2], f[3]
+        out[i, 4], out[i, 5], out[i, 6] = offset, length, ok
+
+
+@njit(cache=True, nogil=True)
+def _gather_bytes(buf, offsets, flat):
+    """flat[i, :] = buf[offsets[i]:offsets[i] + flat.shape[1]]."""
+    width = flat.shape[1]
+    for i in range(offsets.size):
+        o = offsets[i]
+        for j in range(width):
+            flat[i, j] = buf[o + j]
+
+
+def scan_datums(values):
+    """Scan serialized Datums (bytes-like) at once: (the records joined into one uint8 array, an (n, 7) int64
+    table of channels, height, width, label, data offset into the joined array, data length, ok)."""
+    joined = np.frombuffer(b"".join(values), np.uint8)
+    starts = np.zeros(len(values) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, values), np.int64, len(values)), out=starts[1:])
+    table = np.empty((len(values), 7), np.int64)
+    _scan_records(joined, starts, table)
+    return joined, table
 
 
 def scan_datum(raw):
     """Read a serialized Datum's wire format without copying `data`: (channels, height, width, label, data offset,
     data length), or None when the record needs the full parser (encoded, float_data, malformed)."""
-    f = [0, 0, 0, 0, 0]                  # channels, height, width, label, encoded
-    offset = length = 0
-    pos, end = 0, len(raw)
-    try:
-        while pos < end:
-            key, pos = _varint(raw, pos)
-            field, wire = key >> 3, key & 7
-            if wire == 0:
-                value, pos = _varint(raw, pos)
-                if field in _SLOTS:
-                    value &= 0xFFFFFFFF                       # int32 fields: negatives are 10-byte varints
-                    f[_SLOTS[field]] = value - (1 << 32) if value >= 1 << 31 else value
-            elif wire == 2:
-                n, pos = _varint(raw, pos)
-                if field == 6:
-                    return None                               # packed float_data
-                if field == 4:
-                    offset, length = pos, n
-                pos += n
-            elif wire == 5 and field != 6:
-                pos += 4
-            elif wire == 1:
-                pos += 8
-            else:
-                return None                                   # unpacked float_data, or a wire type we do not expect
-    except IndexError:
-        return None
-    if pos != end or f[4]:
-        return None
-    return f[0], f[1], f[2], f[3], offset, length
+    _, table = scan_datums([raw])
+    row = [int(v) for v in table[0]]
+    return tuple(row[:6]) if row[6] else None
 
 
 def raw_datums_to_batch(values, keys, decode, where=""):
     """Serialized Datums -> (batch, labels, names), as datums_to_batch. Byte Datums of one shape (the usual
-    case) are copied once, straight from the records into the (N,C,H,W) uint8 batch; others go through protobuf."""
-    scans = [scan_datum(v) for v in values]
-    first = scans[0]
-    if first is not None and all(s is not None and s[:3] == first[:3] and s[5] == first[0] * first[1] * first[2]
-                                 for s in scans):
-        n, shape = len(values), first[:3]
-        batch = np.empty((n,) + shape, np.uint8)
-        flat = batch.reshape(n, -1)
-        for i, (v, s) in enumerate(zip(values, scans)):
-            flat[i] = np.frombuffer(v, np.uint8, s[5], s[4])
-        labels = np.array([s[3] for s in scans], F32)
-        return batch, labels, [_name(k) for k in keys]
+    case) are scanned and copied by numba kernels, straight from the records into the (N,C,H,W) uint8 batch;
+    others go through protobuf."""
+    if values:
+        joined, table = scan_datums(values)
+        c, h, w = (int(v) for v in table[0, :3])
+        if (table[:, 6].all() and (table[:, 0] == c).all() and (table[:, 1] == h).all()
+                and (table[:, 2] == w).all() and (table[:, 5] == c * h * w).all()):
+            batch = np.empty((len(values), c, h, w), np.uint8)
+            _gather_bytes(joined, table[:, 4].copy(), batch.reshape(len(values), -1))
+            return batch, table[:, 3].astype(F32), [_name(k) for k in keys]
     return datums_to_batch(parse_datums(values), keys, decode, where)
 
 

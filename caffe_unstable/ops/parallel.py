@@ -1,26 +1,33 @@
-"""The ops' threads: one pool of Python threads running nogil numba kernels and single-threaded BLAS calls.
+"""The ops' threads: one team of Python threads running nogil numba kernels and single-threaded BLAS calls.
 
-Why one pool: OpenBLAS's worker threads spin for a while after every GEMM (about 0.1 s by default), and numba's
+Why one team: OpenBLAS's worker threads spin for a while after every GEMM (about 0.1 s by default), and numba's
 parallel=True threads spin likewise; two pools on the same cores fight, and a net that alternates GEMMs with
 im2col/pooling kernels then runs no faster on two cores than on one. So while an op runs, OpenBLAS is held to
 one thread (`serial_blas`), and every split (a batch of im2col + GEMM chunks, a GEMM's row blocks, a pooling
-kernel's planes) runs on this pool. Work is cut into more pieces than threads and threads claim pieces as they
+kernel's planes) runs on this team. Work is cut into more pieces than threads and threads claim pieces as they
 come, so a thread that gets its core late (a busy shared machine) just does fewer of them. What a piece computes
 never depends on the thread count: results are the same on one thread as on eight.
+The helpers spin for a millisecond between tasks (spin.py) and the caller hands a task over without holding the
+GIL: waking a sleeping thread, or one asleep on the GIL, costs 20-100 us here, as much as a small layer's work.
 """
 import ctypes
 import glob
 import itertools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import spin
 
 # Kernels over at least this many floats are split over THREADS threads; None: as many as BLAS gets,
 # OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, else the usable CPUs (at most 8), read once.
 PARALLEL_MIN_FLOATS = 1 << 16
 PIECES_PER_THREAD = 4
 THREADS = None
-_POOL = []
+SPIN_US = 1000      # how long an idle helper watches for the next task before it sleeps
+HANDOFF_US = 50     # how long the caller waits, without the GIL, for a spinning helper to pick a task up
+GRACE_US = 5        # and then for that helper to pass the GIL on (enter its first kernel)
 _IN_TASK = threading.local()   # set inside a pool piece: nested splits run serially (no pool deadlock)
 
 
@@ -37,40 +44,135 @@ def copy_threads():
 
 def in_parallel(fn, count, work, pieces=None):
     """fn(a, b) over [0, count) cut into contiguous pieces (`pieces` of them, else PIECES_PER_THREAD per
-    thread), run by the calling thread and the pool's threads when `work` floats merit it. fn must release the
+    thread), run by the calling thread and the team's threads when `work` floats merit it. fn must release the
     GIL for the most part (nogil numba kernels, BLAS calls) and may call BLAS: OpenBLAS is held to one thread
     meanwhile."""
     t = min(copy_threads() if work >= PARALLEL_MIN_FLOATS else 1, count)
-    if t <= 1 or getattr(_IN_TASK, "on", False):
+    team = _team(t) if t > 1 and not getattr(_IN_TASK, "on", False) else None
+    if team is None or not team.busy.acquire(blocking=False):   # another thread has the team: run alone
         with serial_blas():
             fn(0, count)
         return
-    if not _POOL or _POOL[0][0] < t:
-        _POOL[:] = [(t, ThreadPoolExecutor(t - 1, thread_name_prefix="cu-ops"))]
-    pieces = min(count, pieces or PIECES_PER_THREAD * t)
-    bounds = [count * i // pieces for i in range(pieces + 1)]
-    claim = itertools.count()   # next() is atomic under the GIL
-    errors = []
+    try:
+        pieces = min(count, pieces or PIECES_PER_THREAD * t)
+        task = _Task(fn, [count * i // pieces for i in range(pieces + 1)])
+        with serial_blas():
+            team.start(task)
+            task.work()
+            task.wait(team.spin_rounds)
+    finally:
+        team.busy.release()
+    if task.errors:
+        raise task.errors[0]
 
-    def run():
+
+class _Task:
+    """One in_parallel call: pieces claimed by whichever thread comes first, a count of finished pieces."""
+
+    def __init__(self, fn, bounds):
+        self.fn, self.bounds = fn, bounds
+        self.pieces = len(bounds) - 1
+        self.claim = itertools.count()            # next() is atomic under the GIL
+        self.finished = np.zeros(1, np.int64)     # watched by the caller's spin
+        self.started = np.zeros(1, np.int64)      # helpers that began a piece
+        self.lock = threading.Lock()
+        self.all_done = threading.Event()
+        self.errors = []                           # the first error is re-raised by the caller
+
+    def work(self, helper=False):
         _IN_TASK.on = True
         try:
-            for i in iter(claim.__next__, None):
-                if i >= pieces or errors:
+            for i in iter(self.claim.__next__, None):
+                if i >= self.pieces:
                     return
-                fn(bounds[i], bounds[i + 1])
-        except BaseException as e:   # the first error is re-raised by the caller
-            errors.append(e)
+                if helper:
+                    helper = False
+                    self.started[0] += 1
+                if not self.errors:                # after an error the rest is skipped, but still counted
+                    try:
+                        self.fn(self.bounds[i], self.bounds[i + 1])
+                    except BaseException as e:
+                        self.errors.append(e)
+                with self.lock:
+                    self.finished[0] += 1
+                    if self.finished[0] == self.pieces:
+                        self.all_done.set()
         finally:
             _IN_TASK.on = False
 
-    with serial_blas():
-        helpers = [_POOL[0][1].submit(run) for _ in range(t - 1)]
-        run()
-        for f in helpers:
-            f.cancel() or f.result()   # a helper that never started has nothing to finish
-    if errors:
-        raise errors[0]
+    def wait(self, rounds):
+        """Until every piece is finished: the helpers' last pieces are short, so spin first (at most `rounds`
+        rounds at a time), then sleep."""
+        while True:
+            done = int(self.finished[0])
+            if done >= self.pieces:
+                return
+            if not spin.wait_while_equal(self.finished, done, rounds):
+                self.all_done.wait()
+
+
+class _Team:
+    """The ops' helper threads. Each waits for the next task by watching a counter (spin.py) for SPIN_US, then
+    sleeps on a condition; the caller bumps the counter and notifies. Spinning is what makes a split worth it
+    for LeNet-sized layers: a sleeping thread takes 50-100 us (on a VM sometimes a millisecond) to wake up."""
+
+    def __init__(self, helpers):
+        per_us = spin.rounds_per_us()
+        self.spin_rounds, self.handoff_rounds, self.grace_rounds = (int(us * per_us)
+                                                                    for us in (SPIN_US, HANDOFF_US, GRACE_US))
+        self.size = helpers + 1
+        self.busy = threading.Lock()               # one in_parallel call at a time uses the team
+        self.generation = np.zeros(1, np.int64)
+        self.wakeup = threading.Condition()
+        self.task = None
+        self.sleepers = 0
+        for _ in range(helpers):
+            threading.Thread(target=self._serve, name="cu-ops", daemon=True).start()
+
+    def start(self, task):
+        self.task = task
+        if self.sleepers or task is None:
+            with self.wakeup:
+                self.generation[0] += 1
+                self.wakeup.notify_all()
+        else:
+            # the helpers are spinning: bump their counter without the GIL, so that the first to see it finds
+            # the GIL free (taking a held GIL means sleeping on it, and waking costs 20-50 us)
+            spin.bump_and_wait(self.generation, task.started, 0, self.handoff_rounds, self.grace_rounds)
+
+    def stop(self):
+        self.start(None)
+
+    def _serve(self):
+        seen = 0
+        while True:
+            if not spin.wait_while_equal(self.generation, seen, self.spin_rounds):
+                with self.wakeup:
+                    self.sleepers += 1
+                    while self.generation[0] == seen:
+                        self.wakeup.wait()
+                    self.sleepers -= 1
+            seen = int(self.generation[0])
+            task = self.task
+            if task is None:
+                return
+            task.work(helper=True)
+
+
+_TEAM = []
+
+
+def _team(threads):
+    """The team with at least `threads` threads (the caller included), started on first use."""
+    if not _TEAM or _TEAM[0].size < threads:
+        if _TEAM:
+            _TEAM[0].stop()
+        _TEAM[:] = [_Team(threads - 1)]
+    return _TEAM[0]
+
+
+if hasattr(os, "register_at_fork"):      # a forked child has none of the parent's threads
+    os.register_at_fork(after_in_child=_TEAM.clear)
 
 
 def for_each(fn, count, work):
