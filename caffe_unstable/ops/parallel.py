@@ -15,6 +15,7 @@ import glob
 import itertools
 import os
 import threading
+import time
 
 import numpy as np
 
@@ -58,8 +59,8 @@ def in_parallel(fn, count, work, pieces=None):
         task = _Task(fn, [count * i // pieces for i in range(pieces + 1)])
         with serial_blas():
             team.start(task)
-            task.work()
-            task.wait(team.spin_rounds)
+            mine = task.work()
+            task.wait(task.pieces - mine, team.spin_rounds)
     finally:
         team.busy.release()
     if task.errors:
@@ -67,54 +68,53 @@ def in_parallel(fn, count, work, pieces=None):
 
 
 class _Task:
-    """One in_parallel call: pieces claimed by whichever thread comes first, a count of finished pieces."""
+    """One in_parallel call: pieces claimed by whichever thread comes first; the helpers report how many they
+    finished (an atomic add without the GIL, spin.add_and_wait)."""
 
     def __init__(self, fn, bounds):
         self.fn, self.bounds = fn, bounds
         self.pieces = len(bounds) - 1
         self.claim = itertools.count()            # next() is atomic under the GIL
-        self.finished = np.zeros(1, np.int64)     # watched by the caller's spin
-        self.started = np.zeros(1, np.int64)      # helpers that began a piece
-        self.lock = threading.Lock()
-        self.all_done = threading.Event()
-        self.errors = []                           # the first error is re-raised by the caller
+        self.started = np.zeros(1, np.int64)      # helpers that began a piece (the hand-over watches it)
+        self.helped = np.zeros(1, np.int64)       # pieces the helpers finished
+        self.errors = []                          # the first error is re-raised by the caller
 
     def work(self, helper=False):
+        """Claim and run pieces until none are left; the number run."""
+        done = 0
         _IN_TASK.on = True
         try:
             for i in iter(self.claim.__next__, None):
                 if i >= self.pieces:
-                    return
-                if helper:
-                    helper = False
+                    break
+                if helper and not done:
                     self.started[0] += 1
-                if not self.errors:                # after an error the rest is skipped, but still counted
+                if not self.errors:               # after an error the rest is skipped, but still counted
                     try:
                         self.fn(self.bounds[i], self.bounds[i + 1])
                     except BaseException as e:
                         self.errors.append(e)
-                with self.lock:
-                    self.finished[0] += 1
-                    if self.finished[0] == self.pieces:
-                        self.all_done.set()
+                done += 1
         finally:
             _IN_TASK.on = False
+        return done
 
-    def wait(self, rounds):
-        """Until every piece is finished: the helpers' last pieces are short, so spin first (at most `rounds`
-        rounds at a time), then sleep."""
+    def wait(self, helped, rounds):
+        """Until the helpers have reported `helped` pieces: their last pieces are short, so spin (at most
+        `rounds` rounds at a time), then poll with short sleeps (a long piece)."""
         while True:
-            done = int(self.finished[0])
-            if done >= self.pieces:
+            got = int(self.helped[0])
+            if got >= helped:
                 return
-            if not spin.wait_while_equal(self.finished, done, rounds):
-                self.all_done.wait()
+            if not spin.wait_while_equal(self.helped, got, rounds):
+                time.sleep(50e-6)
 
 
 class _Team:
     """The ops' helper threads. Each waits for the next task by watching a counter (spin.py) for SPIN_US, then
-    sleeps on a condition; the caller bumps the counter and notifies. Spinning is what makes a split worth it
-    for LeNet-sized layers: a sleeping thread takes 50-100 us (on a VM sometimes a millisecond) to wake up."""
+    sleeps on a condition; the caller bumps the counter (without the GIL while they spin) or notifies them.
+    Spinning is what makes a split worth it for LeNet-sized layers: a sleeping thread, or one asleep on the GIL,
+    takes 20-100 us to wake up."""
 
     def __init__(self, helpers):
         per_us = spin.rounds_per_us()
@@ -137,26 +137,28 @@ class _Team:
                 self.wakeup.notify_all()
         else:
             # the helpers are spinning: bump their counter without the GIL, so that the first to see it finds
-            # the GIL free (taking a held GIL means sleeping on it, and waking costs 20-50 us)
+            # the GIL free, and give it time to pass the GIL on (taking a held GIL means sleeping on it)
             spin.bump_and_wait(self.generation, task.started, 0, self.handoff_rounds, self.grace_rounds)
 
     def stop(self):
         self.start(None)
 
     def _serve(self):
-        seen = 0
+        seen, task, done = 0, None, 0
+        nothing = np.zeros(1, np.int64)
         while True:
-            if not spin.wait_while_equal(self.generation, seen, self.spin_rounds):
+            report = task.helped if task is not None else nothing
+            if not spin.add_and_wait(report, done, self.generation, seen, self.spin_rounds):
                 with self.wakeup:
                     self.sleepers += 1
                     while self.generation[0] == seen:
                         self.wakeup.wait()
                     self.sleepers -= 1
             seen = int(self.generation[0])
-            task = self.task
+            task, done = self.task, 0
             if task is None:
                 return
-            task.work(helper=True)
+            done = task.work(helper=True)
 
 
 _TEAM = []

@@ -64,3 +64,22 @@ def bump_and_wait(counter, acks, old_acks, rounds, grace):
     wait_while_equal(acks, old_acks, rounds)
     for _ in range(grace):
         _pause()
+
+
+@intrinsic
+def _atomic_add(typingctx, counter, amount):
+    """counter[0] += amount as one atomic read-modify-write (several helpers report at once)."""
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        builder.atomic_rmw("add", ary.data, args[1], "seq_cst")
+        return context.get_dummy_value()
+    return types.void(counter, types.int64), codegen
+
+
+@njit(cache=True, nogil=True)
+def add_and_wait(counter, amount, watched, old, rounds):
+    """Atomically add `amount` to counter[0], then spin until watched[0] != old (at most `rounds`): a helper
+    reports its finished pieces and waits for the next task in one call without the GIL, so the caller waiting
+    on the report never finds the GIL held by it."""
+    _atomic_add(counter, amount)
+    return wait_while_equal(watched, old, rounds)

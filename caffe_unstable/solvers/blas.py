@@ -6,7 +6,8 @@
   (golden/solvers: elements with a zero gradient pin both down; a plain float sum differs in ~20% of them).
 - caffe_powx is a loop over C's powf, and glibc's powf is not correctly rounded (up to 0.82 ULP): powf(g, 2)
   differs from g*g in about one element in a thousand, so the adaptive solvers call the C library's powf.
-The loops are numba kernels: no temporaries, one pass over memory.
+The loops are numba kernels: no temporaries, one pass over memory; unsigned indices, so that LLVM vectorizes
+them (a signed index carries numpy's negative-index wraparound).
 """
 import math
 
@@ -45,7 +46,7 @@ def powx(a, b, out):
 @numba.njit(cache=True, nogil=True)
 def _axpby_loop(alpha, x, beta, y):
     a = np.float64(alpha)
-    for i in range(x.size):
+    for i in range(numba.uint64(x.size)):
         by = np.float32(beta * y[i])
         y[i] = np.float32(a * np.float64(x[i]) + np.float64(by))
 
@@ -53,16 +54,16 @@ def _axpby_loop(alpha, x, beta, y):
 @numba.njit(cache=True, nogil=True)
 def _fused_axpy_loop(alpha, x, y):
     a = np.float64(alpha)
-    for i in range(x.size):
+    for i in range(numba.uint64(x.size)):
         y[i] = np.float32(np.float64(y[i]) + a * np.float64(x[i]))
 
 
 @numba.njit(cache=True, nogil=True)
 def _sgd_update_loop(w, g, h, decay, rate, momentum, i0, i1):
     d, r = np.float64(decay), np.float64(rate)
-    for i in range(i0, i1):
+    for i in range(numba.uint64(i0), numba.uint64(i1)):
         gi = g[i]
-        if decay != 0:
+        if decay != 0:       # loop-invariant: LLVM unswitches it
             gi = np.float32(np.float64(gi) + d * np.float64(w[i]))
         hi = np.float32(r * np.float64(gi) + np.float64(np.float32(momentum * h[i])))
         h[i] = hi
@@ -72,5 +73,5 @@ def _sgd_update_loop(w, g, h, decay, rate, momentum, i0, i1):
 
 @numba.njit(cache=True, nogil=True)
 def _powf_loop(a, b, out):
-    for i in range(a.size):
+    for i in range(numba.uint64(a.size)):
         out[i] = math.pow(a[i], b)      # float32 arguments: LLVM's llvm.pow.f32, i.e. the C library's powf
