@@ -98,6 +98,8 @@ class CanaryNet:
         self.net = Net(data_layers_to_inputs(filtered, shapes), TEST, level=level, stages=list(stages),
                        weights=weights, accel=acc, log=NullLogger(), source=model)
         self.ends = accel_ends(self.net)
+        shape = self.net.blobs[self.ends.output_blob].shape
+        self.classes = int(shape[1]) if len(shape) > 1 else 1   # channels of the output (a map when spatial)
 
     def run(self, inputs, key):
         from ..accel.quant import fixed_to_float, float_to_fixed
@@ -153,7 +155,9 @@ def expectation(canary, inputs, ref, degraded_min, checks, point):
     drifts only above it)."""
     from ..accel.faults.canaries import check, top5
 
-    results = [check(canary.run(inputs, (CHECK_PHASE, 0, c)), ref, top5(ref), degraded_min) for c in range(checks)]
+    k = canary.classes
+    results = [check(canary.run(inputs, (CHECK_PHASE, 0, c)), ref, top5(ref, k), degraded_min, k)
+               for c in range(checks)]
     n = len(inputs)
     entry = dict(point)
     entry.update({k: round(float(np.mean([r[k] for r in results])) / n, 6) for k in ("exact", "top1", "top5")})
@@ -216,7 +220,7 @@ class CanaryChecker:
         if out.shape != self.set.ref_output.shape:
             raise CaffeUnstableError("--canaries", f"the net's output {list(out.shape)} does not match the set's "
                                                    f"references {list(self.set.ref_output.shape)}")
-        r = check(out, self.set.ref_output, self.set.ref_top5, self.degraded_min)
+        r = check(out, self.set.ref_output, self.set.ref_top5, self.degraded_min, self.set.meta.get("classes"))
         self.log.info(check_line(i, after_batch, r, self.expected), "faults.cpp:7")
         self.results.append({"check": i, "after_batch": after_batch, **r,
                              "expected": None if self.expected is None else self.expected["level"],
@@ -267,8 +271,9 @@ def set_from_folder(folder, model, weights, acc, like, level=0, stages=("",)):
     ref = canary.run(inputs, None)
     meta = {"format": FORMAT, "model_sha256": None, "quant_sha256": quant_sha256(acc.quant.layers),
             "count": len(names), "created_with": "cu-test --canaries DIR", "degraded_min": 0.9, "expected": [],
-            "source": f"{folder}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"}
-    return CanarySet(meta, inputs, np.full(len(names), -1, np.int32), ref, top5(ref))
+            "source": f"{folder}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}",
+            "classes": canary.classes}
+    return CanarySet(meta, inputs, np.full(len(names), -1, np.int32), ref, top5(ref, canary.classes))
 
 
 def describe_margins(margin):

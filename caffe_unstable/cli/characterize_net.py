@@ -208,7 +208,7 @@ def _canaries(model, weights, quant, iterations, count, profile_name, freq, ser,
             "source": (f"{images}, " if images else "TEST data, ") + f"{iterations} batches, {len(inputs)} images",
             "input_blob": canary.ends.input_blob,
             "input_frac": canary.ends.input_frac, "output_layer": canary.net._layer_names[canary.ends.output_layer],
-            "output_frac": canary.ends.output_frac}
+            "output_frac": canary.ends.output_frac, "classes": canary.classes}
     if freq is not None or ser is not None:
         seed = fault_seed(seed)
         faulty = accel.open("numba", quant=quant, profile=profile, freq_mhz=freq, ser=ser, seed=seed)
@@ -217,7 +217,7 @@ def _canaries(model, weights, quant, iterations, count, profile_name, freq, ser,
         entry = cn.expectation(sim, inputs[chosen], ref, degraded_min, expect_checks, point)
         entry.update(profile=profile.name if profile is not None else None, seed=seed)
         meta["expected"].append(entry)
-    CanarySet(meta, inputs[chosen], labels[chosen], ref, top5(ref)).save(out)
+    CanarySet(meta, inputs[chosen], labels[chosen], ref, top5(ref, canary.classes)).save(out)
     e = canary.ends
     shape = list(inputs.shape[1:])
     click.echo(f"Wrote {out}: {count} canaries from {len(inputs)} {'listed' if images else 'TEST'} images "

@@ -553,8 +553,8 @@ def test_canary_set_from_the_test_data_at_the_safe_clock(lenet, tmp_path):
     assert 0 < margin[chosen].max() <= margin[others].min()                        # the most sensitive ones
     assert s.meta["expected"] == [{"freq_mhz": 210.0, "exact": 1.0, "top1": 1.0, "top5": 1.0, "level": 0,
                                    "checks": 8, "profile": "pipecnn_kcu1500", "seed": 3}]
-    assert (s.meta["count"], s.meta["degraded_min"], s.meta["input_frac"], s.meta["output_layer"]) == \
-        (8, 0.9, 6, "ip2")
+    assert (s.meta["count"], s.meta["degraded_min"], s.meta["input_frac"], s.meta["output_layer"],
+            s.meta["classes"]) == (8, 0.9, 6, "ip2", 10)
     assert stdout.splitlines() == [
         f"Wrote {out}: 8 canaries from 100 TEST images (8 with top-1 correct; top-1/top-2 margins "
         f"{margin[chosen].min():g} … {margin[chosen].max():g}); input 'data' [1, 28, 28] at F = 6, output of layer "

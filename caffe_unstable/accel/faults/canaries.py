@@ -30,10 +30,25 @@ def quant_sha256(formats):
     return hashlib.sha256(json.dumps(rows, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def top5(outputs):
-    """Indices of the 5 largest values per row, largest first (ties: lower index first, a stable order)."""
-    outputs = np.asarray(outputs)
-    order = np.argsort(-outputs.astype(np.int64), axis=1, kind="stable")
+def class_scores(outputs, classes=None):
+    """Per-class scores of canary outputs [n, K] (int8, the last accelerated layer's output flattened): the outputs
+    themselves, or, when they are a `classes` x H x W map, each channel summed over its positions. A fully
+    convolutional classifier (SqueezeNet: conv10, then a global average pool the accelerator does not run) ranks
+    its classes that way; a sum is the average's ranking in exact integers. `classes` None: K classes."""
+    o = np.asarray(outputs)
+    o = o.reshape(len(o), -1).astype(np.int64)
+    if classes and o.shape[1] != classes:
+        if o.shape[1] % classes:
+            raise CaffeUnstableError("canaries", f"outputs of {o.shape[1]} values are not a map of {classes} "
+                                                 f"classes")
+        o = o.reshape(len(o), classes, -1).sum(axis=2)
+    return o
+
+
+def top5(outputs, classes=None):
+    """Indices of the 5 largest class scores per row (class_scores), largest first (ties: lower index first, a
+    stable order)."""
+    order = np.argsort(-class_scores(outputs, classes), axis=1, kind="stable")
     return order[:, :5].astype(np.int32)
 
 
@@ -83,13 +98,13 @@ def grade(exact, top1, top5_frac, degraded_min=0.9):
     return 2 if top5_frac >= degraded_min else 3
 
 
-def check(outputs, ref_output, ref_top5, degraded_min=0.9):
-    """Per-check statistics of a canary batch: counts, fractions and the level."""
+def check(outputs, ref_output, ref_top5, degraded_min=0.9, classes=None):
+    """Per-check statistics of a canary batch: counts, fractions and the level (top-k over class_scores)."""
     outputs = np.asarray(outputs)
     n = len(outputs)
     exact = int(np.all(outputs.reshape(n, -1) == np.asarray(ref_output).reshape(n, -1), axis=1).sum())
     ref1 = np.asarray(ref_top5)[:, 0]
-    got5 = top5(outputs.reshape(n, -1))
+    got5 = top5(outputs.reshape(n, -1), classes)
     top1 = int((got5[:, 0] == ref1).sum())
     in5 = int((got5 == ref1[:, None]).any(axis=1).sum())
     level = grade(exact / n, top1 / n, in5 / n, degraded_min)

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from caffe_unstable.accel.faults.canaries import CanarySet, check, check_line, drifted, grade, model_sha256, top5
+from caffe_unstable.accel.faults.canaries import (CanarySet, check, check_line, class_scores, drifted, grade,
+                                                 model_sha256, top5)
 from caffe_unstable.errors import CaffeUnstableError
 
 
@@ -49,3 +50,26 @@ def test_set_file_round_trip_and_model_check(tmp_path):
     with pytest.raises(CaffeUnstableError, match="canary set was made for a different model"):
         CanarySet.load(tmp_path / "a.canaries.npz", model_sha=model_sha256(b"other", b"weights"))
     assert s.expected_for(ser=1e-5) is None and s.expected_for(freq_mhz=260)["level"] == 1
+
+
+def test_a_class_map_is_ranked_by_channel_sums():
+    """A fully convolutional classifier's last accelerated output is a classes x H x W map (SqueezeNet's conv10:
+    1000 x 15 x 15): the classes are ranked by each channel's sum over its positions, as the global average pool
+    after it ranks them, not by the largest single value of the flattened map."""
+    maps = np.zeros((2, 4, 2, 2), np.int8)
+    maps[0, 1] = [[127, -128], [-128, -128]]        # the largest single value, the smallest sum
+    maps[0, 2] = [[10, 10], [10, 10]]               # sum 40: the class
+    maps[0, 3] = [[9, 10], [10, 10]]                # sum 39
+    maps[1, 0] = [[-1, -1], [-1, -1]]               # image 2: every sum is 0 but this one: ties go to the lower
+    flat = maps.reshape(2, -1)
+    np.testing.assert_array_equal(class_scores(flat, 4), [[0, -257, 40, 39], [-4, 0, 0, 0]])
+    np.testing.assert_array_equal(top5(flat, 4)[:, :4], [[2, 3, 0, 1], [1, 2, 3, 0]])
+    assert top5(flat)[0, 0] == 4                      # without `classes`: the flattened map's largest value
+    moved = flat.copy()
+    moved[0, 4] = 0                                  # channel 1 changes, the ranking's top-1 does not
+    r = check(moved, flat, top5(flat, 4), classes=4)
+    assert (r["exact"], r["top1"], r["level"]) == (1, 2, 1)
+    moved[0, 8:12] = -128                            # channel 2 (the class) falls to the bottom
+    assert check(moved, flat, top5(flat, 4), classes=4)["top1"] == 1
+    with pytest.raises(CaffeUnstableError, match="outputs of 16 values are not a map of 5 classes"):
+        class_scores(flat, 5)
