@@ -11,7 +11,8 @@ from ...errors import CaffeUnstableError
 from .indexing import decode_model_mac, model_mac_count, site_width
 from .plan import MAC_EVENT_DTYPE, SITES, LayerPlan, mac_events
 from .registers import flip, flip_delta, wrap32
-from .rng import sample_distinct
+from . import streams
+from .rng import PassKey, sample_distinct
 
 MAX_RATE = 0.01
 COUNTS = ("hardware", "model")
@@ -56,16 +57,29 @@ class MacFlip:
         whole layer (one decode, one sort of one int64 key): per-image NumPy calls cost more than the draws."""
         lo, hi = self.bit_range(geometry)
         N = self.n_chances(geometry)
-        ks, bs, ns = [], [], []
-        for n in range(op.batch):
-            k, bits = sample_flips(rng.generator("mac_flip", op.layer_index, n), N, self.rate, lo, hi)
-            if len(k):
+        fast = isinstance(rng, PassKey)     # streams.py: the same draws as rng.generator's, seeded in numba
+        if fast:
+            words = np.array(streams.uint32_words(rng.seed), np.uint32)
+            key = np.array(rng.key("mac_flip", op.layer_index, 0), np.int64)
+        if fast and N * self.rate <= streams.NUMBA_MAX_EXPECTED:
+            g = streams.reseedable()
+            k, bits, n = streams.layer_flips(g.generator, g.words, g.flags, words, key, op.batch, N,
+                                             float(self.rate), lo, hi)
+        else:
+            ks, bs, ns = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+            for i in range(op.batch):
+                if fast:
+                    key[5] = i
+                    stream = streams.reseeded(words, key)
+                else:
+                    stream = rng.generator("mac_flip", op.layer_index, i)
+                k, bits = sample_flips(stream, N, self.rate, lo, hi)
                 ks.append(k)
                 bs.append(bits)
-                ns.append(np.full(len(k), n, np.int64))
-        if not ks:
+                ns.append(np.full(len(k), i, np.int64))
+            k, bits, n = np.concatenate(ks), np.concatenate(bs), np.concatenate(ns)
+        if not len(k):
             return LayerPlan(op.layer_index, op.layer_name, geometry, mac_events=mac_events([], [], [], [], [], [], []))
-        k, bits, n = np.concatenate(ks), np.concatenate(bs), np.concatenate(ns)
         (o, y, x, t, bits), masked, valid = _records(k, bits, geometry, self.count)
         ev = sorted_mac_events(n[valid] if masked else n, o, y, x, t, SITES[self.site], bits, geometry)
         return LayerPlan(op.layer_index, op.layer_name, geometry, mac_events=ev, masked=masked)

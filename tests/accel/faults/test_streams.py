@@ -1,0 +1,58 @@
+"""streams.py: numba's SeedSequence + PCG64 seeding and the per-image MAC-flip draws equal numpy's, bit for bit."""
+import numpy as np
+
+from caffe_unstable.accel.faults import streams
+from caffe_unstable.accel.faults.mac_flip import sample_flips
+from caffe_unstable.accel.faults.rng import generator
+
+
+def test_pcg64_state_equals_numpys_seeding():
+    """Seeds of one and two 32-bit words and 0, keys with entries of one and two words (an iteration past 2^32)."""
+    rng = np.random.default_rng(0)
+    scratch = np.empty(64, np.uint32)
+    for t in range(2000):
+        seed = [0, int(rng.integers(0, 2 ** 32)), int(rng.integers(0, 2 ** 63))][t % 3]
+        key = tuple(int(v) for v in rng.integers(0, [8, 256, 2 ** 40, 4, 64, 5000]))
+        want = np.random.PCG64(np.random.SeedSequence(entropy=seed, spawn_key=key)).state["state"]
+        lo, hi, inc_lo, inc_hi = streams.pcg64_state(np.array(streams.uint32_words(seed), np.uint32),
+                                                     np.array(key, np.int64), scratch)
+        assert (int(lo) | int(hi) << 64, int(inc_lo) | int(inc_hi) << 64) == (want["state"], want["inc"]), (seed, key)
+
+
+def test_layer_flips_equal_the_reference_draws():
+    """Counts from the inversion and the BTPE regimes of binomial, top-ups of the distinct positions, bit ranges;
+    and the reseeded generator leaves no trace between calls."""
+    g = streams.reseedable()
+    rng = np.random.default_rng(1)
+    regimes = 0
+    for t in range(200):
+        seed = int(rng.integers(0, 2 ** 63))
+        N = int(rng.integers(1, 3_000_000)) if t % 10 else 50          # N 50: draws collide, top-ups happen
+        rate = float(10 ** rng.uniform(-7, -2.5)) if t % 10 else 0.3
+        lo = int(rng.integers(0, 8))
+        hi = int(rng.integers(lo, 32))
+        prefix = [1, int(rng.integers(0, 3)), int(rng.integers(0, 10 ** 6)), 0, int(rng.integers(0, 20)), 0]
+        batch = int(rng.integers(1, 12))
+        k, bits, n = streams.layer_flips(g.generator, g.words, g.flags, np.array(streams.uint32_words(seed), np.uint32),
+                                         np.array(prefix, np.int64), batch, N, rate, lo, hi)
+        ref = [sample_flips(generator(seed, tuple(prefix[:5]) + (i,)), N, rate, lo, hi) for i in range(batch)]
+        np.testing.assert_array_equal(k, np.concatenate([r[0] for r in ref]))
+        np.testing.assert_array_equal(bits, np.concatenate([r[1] for r in ref]))
+        np.testing.assert_array_equal(n, np.concatenate([np.full(len(r[0]), i) for i, r in enumerate(ref)]))
+        regimes |= 1 if N * rate <= 30 else 2
+    assert regimes == 3
+
+
+def test_reseeded_generator_draws_like_a_fresh_one():
+    """The numpy path for layers with many flips per image: the reused Generator, reseeded, draws exactly what
+    generator(seed, key) draws, including after a previous use left it mid-stream."""
+    words = np.array(streams.uint32_words(2 ** 40 + 5), np.uint32)
+    for image in range(5):
+        key = (1, 0, 7, 0, 3, image)
+        stream = streams.reseeded(words, key)
+        got = sample_flips(stream, 10 ** 8, 10 ** -4.5, 0, 31)
+        stream.integers(0, 10, size=3)                         # leave it mid-stream, with a buffered half-word
+        want = sample_flips(generator(2 ** 40 + 5, key), 10 ** 8, 10 ** -4.5, 0, 31)
+        assert len(got[0]) > 1000
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
