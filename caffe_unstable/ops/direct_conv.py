@@ -57,16 +57,22 @@ def tap_offsets(cg, h, w, kh, kw, dh, dw):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _passes(xp, o_all, oh, ow, group, dh, dw):
+    """(outputs per group, channels per group, the taps' flat offsets, the pass length L) of a layer."""
+    c_all, h, w = xp.shape[1], xp.shape[2], xp.shape[3]
+    kh, kw = (h - oh) // dh + 1, (w - ow) // dw + 1
+    cg = c_all // group
+    return o_all // group, cg, tap_offsets(cg, h, w, kh, kw, dh, dw), uint64((oh - 1) * w + ow)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def forward_kernel(xp, wf, bias, group, dh, dw, out, n0, n1):
     """out (N, O, oh, ow) for images [n0, n1) from the padded input xp (N, C, H, W) and weights wf (O, K);
     bias (O) or empty."""
-    c_all, h, w = xp.shape[1], xp.shape[2], xp.shape[3]
+    w = xp.shape[3]
     o_all, k_all = wf.shape
     oh, ow = out.shape[2], out.shape[3]
-    kh, kw = (h - oh) // dh + 1, (w - ow) // dw + 1
-    og, cg = o_all // group, c_all // group
-    offs = tap_offsets(cg, h, w, kh, kw, dh, dw)
-    length = uint64((oh - 1) * w + ow)
+    og, cg, offs, length = _passes(xp, o_all, oh, ow, group, dh, dw)
     acc = np.empty(length, np.float32)
     for n in range(n0, n1):
         for o in range(o_all):
@@ -101,13 +107,10 @@ def forward_kernel(xp, wf, bias, group, dh, dw, out, n0, n1):
 def weight_kernel(xp, dy, group, dh, dw, dwf, db, o0, o1):
     """dwf (O, K) and db (O) (empty: no bias) for output channels [o0, o1), overwritten: the weight and bias
     gradients of the padded input xp (N, C, H, W) and top diff dy (N, O, oh, ow), images summed in order."""
-    n_all, c_all, h, w = xp.shape
+    n_all, w = xp.shape[0], xp.shape[3]
     o_all, k_all = dwf.shape
     oh, ow = dy.shape[2], dy.shape[3]
-    kh, kw = (h - oh) // dh + 1, (w - ow) // dw + 1
-    og, cg = o_all // group, c_all // group
-    offs = tap_offsets(cg, h, w, kh, kw, dh, dw)
-    length = uint64((oh - 1) * w + ow)
+    og, cg, offs, length = _passes(xp, o_all, oh, ow, group, dh, dw)
     dyp = np.zeros(length, np.float32)   # the top diff laid out on image rows; the wrapped positions stay 0
     for o in range(o0, o1):
         for k in range(k_all):
