@@ -338,7 +338,8 @@ class Convolution(BaseConvolution):
                 direct_conv.forward(x, self.blobs[0].data, bias, self.geo,
                                     self._image(t.data, self.num_output, self.out_sp), SCRATCH)
             else:
-                self.forward_gemm(x, self.out_sp, t.data.reshape(self.num, self.num_output, -1), bias)
+                y = t.data.reshape(self.num, self.num_output, math.prod(self.out_sp))
+                self.forward_gemm(x, self.out_sp, y, bias)
 
     def direct_weight_gradient(self, x, dy, dw, db, dw_zero, db_zero):
         """weight_gemm's job on the direct path: computed into scratch, then written or added."""
@@ -360,7 +361,7 @@ class Convolution(BaseConvolution):
         db, db_zero = (self.blobs[1].diff_to_accumulate() if self.bias_term and self._param_down(1)
                        else (None, False))
         for i, (t, b) in enumerate(zip(top, bottom)):
-            dy = t.diff.reshape(self.num, o, -1)
+            dy = t.diff.reshape(self.num, o, math.prod(self.out_sp))
             if (dw is not None or db is not None) and self._direct():
                 self.direct_weight_gradient(self._image(b.data, self.channels, self.in_sp), dy, dw, db,
                                             dw_zero and i == 0, db_zero and i == 0)
@@ -384,7 +385,8 @@ class Deconvolution(BaseConvolution):
         bias = self.blobs[1].data if self.bias_term else None
         for b, t in zip(bottom, top):
             y = self._image(t.data, self.num_output, self.out_sp)
-            self.backward_gemm(b.data.reshape(self.num, self.channels, -1), self.out_sp, self.in_sp, y, bias)
+            x = b.data.reshape(self.num, self.channels, math.prod(self.in_sp))
+            self.backward_gemm(x, self.out_sp, self.in_sp, y, bias)
 
     def backward(self, top, propagate_down, bottom):
         o = self.num_output
@@ -392,10 +394,11 @@ class Deconvolution(BaseConvolution):
         for i, (t, b) in enumerate(zip(top, bottom)):
             dy = self._image(t.diff, o, self.out_sp)
             if self.bias_term and self._param_down(1):
-                self.blobs[1].diff[...] += dy.reshape(self.num, o, -1).sum(axis=(0, 2), dtype=np.float32)
+                per_item = dy.reshape(self.num, o, math.prod(self.out_sp))
+                self.blobs[1].diff[...] += per_item.sum(axis=(0, 2), dtype=np.float32)
             if dw is not None:
                 # dW: the deconv's input plays the conv output's part
-                self.weight_gemm(dy, self.in_sp, b.data.reshape(self.num, self.channels, -1), dw)
+                self.weight_gemm(dy, self.in_sp, b.data.reshape(self.num, self.channels, math.prod(self.in_sp)), dw)
             if propagate_down[i]:
                 # dx = W * im2col(dy)
-                self.forward_gemm(dy, self.in_sp, b.diff.reshape(self.num, self.channels, -1))
+                self.forward_gemm(dy, self.in_sp, b.diff.reshape(self.num, self.channels, math.prod(self.in_sp)))

@@ -159,6 +159,8 @@ NO_BIAS = np.zeros(0, np.float32)
 
 def forward(x, weights, bias, geo, out, scratch):
     """out (n, O, oh, ow) = the convolution of x (n, C, H, W) (+ bias), stride 1, images split over the threads."""
+    if out.size == 0:            # no images, or an image smaller than the kernel's extent
+        return
     xp = padded(x, geo.pad, scratch)
     wf = weights.reshape(weights.shape[0], -1)
     b = NO_BIAS if bias is None else bias
@@ -170,6 +172,11 @@ def forward(x, weights, bias, geo, out, scratch):
 def weight_gradient(x, dy, geo, dw_out, db_out, scratch):
     """dw_out (O, K) and db_out (O) (None: not wanted) = the weight and bias gradients, overwritten; output
     channels split over the threads."""
+    if dy.size == 0:
+        dw_out[...] = 0
+        if db_out is not None:
+            db_out[...] = 0
+        return
     xp = padded(x, geo.pad, scratch)
     o = dy.shape[1]
     dwf = dw_out.reshape(o, -1)

@@ -437,3 +437,18 @@ def test_weight_gradient_does_not_depend_on_the_thread_count(monkeypatch, conv_p
     for got in diffs[1:]:
         for a, g in zip(diffs[0], got):
             np.testing.assert_array_equal(g, a)
+
+
+@pytest.mark.parametrize("kind", ["Convolution", "Deconvolution"])
+@pytest.mark.parametrize("shape", [(2, 1, 4, 6), (0, 1, 5, 5)])
+def test_empty_outputs_and_empty_batches(conv_path, kind, shape):
+    """An image one row short of the kernel's extent (a 0-row output, C's truncating division) and a batch of 0
+    give empty tops and zero gradients, not an error."""
+    layer, bottom, top = make(f'type: "{kind}" convolution_param {{ num_output: 2 kernel_size: 5 }}', [shape])
+    top[0].diff[...] = 1
+    layer.backward(top, [True], bottom)
+    if kind == "Convolution" or shape[0] == 0:
+        assert top[0].count == 0
+        assert not layer.blobs[0].diff.any() and not layer.blobs[1].diff.any() and not bottom[0].diff.any()
+    else:
+        np.testing.assert_allclose(layer.blobs[1].diff, [top[0].count / 2] * 2)
