@@ -14,6 +14,8 @@ import math
 import numba
 import numpy as np
 
+from ..ops.parallel import in_parallel
+
 
 def axpby(alpha, x, beta, y):
     """y = alpha*x + beta*y in place, as OpenBLAS saxpby rounds it: fma(alpha, x, float(beta*y))."""
@@ -30,8 +32,6 @@ def sgd_update(w, g, h, local_decay, local_rate, momentum):
     ComputeUpdateValue (caffe_cpu_axpby, copy) and Net::Update (w -= diff): g += decay*w (skipped when decay is
     0, as Caffe skips it), h = rate*g + momentum*h, g = h, w -= h. Large params are split over the ops' threads
     (elementwise: the split changes nothing)."""
-    from ..ops.parallel import in_parallel
-
     wf, gf, hf = w.reshape(-1), g.reshape(-1), h.reshape(-1)
     args = (np.float32(local_decay), np.float32(local_rate), np.float32(momentum))
     in_parallel(lambda a, b: _sgd_update_loop(wf, gf, hf, *args, a, b), wf.size, wf.size, pieces=2)

@@ -157,12 +157,11 @@ def reseedable():
     return g
 
 
-def reseeded(entropy_words, key, scratch=None):
+def reseeded(entropy_words, key):
     """This thread's reusable numpy Generator, set to the state of generator(seed, key) (entropy_words: the
     seed's uint32_words). Valid until the next reseed on this thread."""
     g = reseedable()
-    state = pcg64_state(entropy_words, np.asarray(key, np.int64),
-                        scratch if scratch is not None else np.empty(32, np.uint32))
+    state = pcg64_state(entropy_words, np.asarray(key, np.int64), np.empty(32, np.uint32))
     g.words[:] = state
     g.flags[:] = 0
     return g.generator
