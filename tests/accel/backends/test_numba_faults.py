@@ -201,8 +201,16 @@ KIND_SETS = [("mac",), ("rate",), ("mac", "rate"), ("timing",), ("mac", "rate", 
              ("memory",), ("mac", "memory"), ("mac", "rate", "timing", "memory", "stuck")]
 
 
+@pytest.fixture(params=["position-major", "channel-major"])
+def loop_layout(request, monkeypatch):
+    """Both first passes of the register loop (mac_run.layout): position-major wherever it applies, or never."""
+    from caffe_unstable.accel.backends.numba import mac_run
+    monkeypatch.setattr(mac_run, "POS_MIN", 1 if request.param == "position-major" else 1 << 40)
+    return request.param
+
+
 @pytest.mark.parametrize("case", range(12))
-def test_random_plans_auto_equals_mac_order_and_reference(case):
+def test_random_plans_auto_equals_mac_order_and_reference(case, loop_layout):
     rng = np.random.default_rng(100 + case)
     vec = (4, 8)[case % 2]
     lane = (3, 4, 5)[case % 3]
@@ -271,8 +279,8 @@ def test_legacy_events_and_plan_errors():
 
 def test_late_carry_filters_against_ch_add():
     """The register loop's carry-horizon helpers (mac.py): _late equals faults.ch_add's late mask, and the
-    first pass's tests never miss a late add: _maybe_late (exact for operands in [-2^K, 2^K)) and the window test
-    of _acc_pass (bits 31-K..K-1 of a XOR m all ones, K >= 16)."""
+    first passes' tests never miss a late add: _maybe_late (exact for operands in [-2^K, 2^K)), the window test
+    of _acc_pass (bits 31-K..K-1 of a XOR m all ones, K >= 16) and that of the float passes (window_masks)."""
     from caffe_unstable.accel.backends.numba import mac
     from caffe_unstable.accel.faults import ch_add
 
@@ -293,6 +301,14 @@ def test_late_carry_filters_against_ch_add():
             mac._acc_pass(arow, m.astype(np.int32), flk, n, K, np.uint8(0))
             assert flk[late != 0].all(), K
             assert np.array_equal(arow, ((a + m + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.int32))
+            # the float first passes' test (window_masks): bits 31-K..K of a XOR m all ones, carry into bit K
+            wm_or, kbit = mac.window_masks(K)
+            a32, m32 = a.astype(np.int32), m.astype(np.int32)
+            s32 = (a32.astype(np.int64) + m32).astype(np.int32)
+            test = (((a32 ^ m32) | wm_or) == -1) & (((s32 ^ a32 ^ m32) & kbit) != 0)
+            assert test[late != 0].all(), K
+            assert test.sum() < 2 * max(1, (late != 0).sum()) + 50, K          # and it is tight
+    assert mac.window_masks(31) == (-1, 0) and mac.window_masks(40) == (-1, 0)
 
 
 def test_stats_fields_and_events_next_to_a_plan():

@@ -6,13 +6,16 @@ wrapping); S = A_(L-1) + A_(L-2) + ... + A_(L-P); then the §1.5 conversion and 
 a plan acts inline here: stuck multiplier bits, carry-horizon adds (adder tree, accumulate, final reduce; §5),
 product flips and stuck product bits, rate errors, accumulator flips and stuck bits, final flips.
 
-Why two passes per step: a step is first done for all channels of one output position at once in plain int
-arithmetic (small helpers whose loops LLVM vectorises), with a cheap test that flags every add that can have a
-late carry at the smallest horizon any add of the image can get (late bits at K are a subset of those at any
-K' < K, §5.2); only the flagged adds, the steps with fault records and the lanes with stuck bits are then redone
-one by one with the full semantics (and the per-add SplitMix64 draw, §3.3). A tile is TILE output positions of
-one group, which share the weights of each step while they are in cache. The clean value of an output (for
-outputs_changed) is its faulty sum less the changes the second pass and the final reduction made.
+Why two passes per step: a step is first done for every output of a tile at once in vectorised loops (exact
+float32 sums of the VEC products for the horizons K >= 16 of overclocking, int arithmetic otherwise), with a
+cheap test that flags every add that can have a late carry at the smallest horizon any add of the image can get
+(late bits at K are a subset of those at any K' < K, §5.2); only the flagged adds, the steps with fault records
+and the lanes with stuck bits are then redone one by one with the full semantics (and the per-add SplitMix64
+draw, §3.3). The first pass has two layouts (mac_run.layout): position-major, a tile of up to 128 output
+positions in the vector lanes, one channel at a time (convolutions); or channel-major, the channels in the
+lanes, one position of a tile of TILE at a time (an FC layer's few positions, the adder-tree site, horizons
+below 16). The clean value of an output (for outputs_changed) is its faulty sum less the changes the second
+pass and the final reduction made.
 """
 import numpy as np
 from numba import njit
@@ -108,7 +111,7 @@ def _u32(key, ctr):
     return (z ^ (z >> np.uint64(31))) >> np.uint64(32)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _horizon(jit, n, lane, ctr, slack, clamp, k_lane, th, keys):
     """K of one add: K_lane[n, lane], or 31 - #{j : u32(key_n, ctr) < thresholds[lane, j]}; plus the site's
     slack, clamped to [0, 31] (final_reduce and adder_tree)."""
@@ -291,41 +294,153 @@ def _acc_pass(arow, mv, flk, kc, K, keep):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _fused4_pass(xrow, wt, k0, kc, arow, flk, K):
-    """VEC 4 and K >= 16: m_t, the add and _acc_pass's window test in one loop (for dense inputs: no m_t
-    array between passes)."""
-    x0, x1, x2, x3 = np.int32(xrow[0]), np.int32(xrow[1]), np.int32(xrow[2]), np.int32(xrow[3])
-    w0, w1, w2, w3 = wt[0, k0:k0 + kc], wt[1, k0:k0 + kc], wt[2, k0:k0 + kc], wt[3, k0:k0 + kc]
-    f = np.int32(0)
+def window_masks(K):
+    """(wm_or, kbit) of _scan_pass's test at horizon K (16 <= K <= 30), or a test that never fires (K >= 31).
+
+    A late bit j of a + m (K + 1 <= j <= 31) needs a carry into j that rippled through the K propagate bits
+    j-K .. j-1 (faults.md §5.1), so the carry also arrives at every bit of that run: bits 31-K .. K of p = a XOR m
+    (inside every such run when K >= 16) are all ones, and the carry into bit K, bit K of c = (a + m) XOR p, is
+    set. wm_or sets every bit outside that window, so the first holds iff (p | wm_or) == -1."""
     if K >= 31:
-        for k in range(kc):
-            arow[k] = np.int32(arow[k] + np.int32(x0 * np.int32(w0[k]) + x1 * np.int32(w1[k])
-                                                  + x2 * np.int32(w2[k]) + x3 * np.int32(w3[k])))
-            flk[k] = 0
-        return False
-    top, wmask = 31 - K, np.int32((1 << (2 * K - 31)) - 1)
+        return np.int32(-1), np.int32(0)
+    outside = ~(((np.int64(1) << (2 * K - 30)) - 1) << (31 - K)) & M32
+    return np.int32(outside - (np.int64(1) << 32) if outside >= (np.int64(1) << 31) else outside), \
+        np.int32(np.int64(1) << K)
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy", inline="always")
+def _quad_sums(x0, x1, x2, x3, W, bw, kw, kc, mvf, first):
+    """mvf[:kc] (+)= the products of four vec slots with the weights of kc channels, float32, exact; the
+    channels' weights of the four slots are W[bw + i kw + k], i = 0 .. 3 (flat, uint64: see _pos_last)."""
+    b0 = np.uint64(bw)
+    b1, b2, b3 = b0 + np.uint64(kw), b0 + np.uint64(2 * kw), b0 + np.uint64(3 * kw)
+    if first:
+        for k in range(np.uint64(kc)):
+            mvf[k] = x0 * np.float32(W[b0 + k]) + x1 * np.float32(W[b1 + k]) + x2 * np.float32(W[b2 + k]) \
+                + x3 * np.float32(W[b3 + k])
+    else:
+        for k in range(np.uint64(kc)):
+            mvf[k] += x0 * np.float32(W[b0 + k]) + x1 * np.float32(W[b1 + k]) + x2 * np.float32(W[b2 + k]) \
+                + x3 * np.float32(W[b3 + k])
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy", inline="always")
+def _scan_last(x0, x1, x2, x3, W, bw, kw, kc, A, ba, flk, mvf, more, wm_or, kbit):
+    """The last quad of m_t, the add into A[ba + k] and the window test (window_masks) into flk, in one loop;
+    returns whether any add is flagged."""
+    b0 = np.uint64(bw)
+    b1, b2, b3 = b0 + np.uint64(kw), b0 + np.uint64(2 * kw), b0 + np.uint64(3 * kw)
+    ba = np.uint64(ba)
+    anyf = np.uint8(0)
+    for k in range(np.uint64(kc)):
+        mf = x0 * np.float32(W[b0 + k]) + x1 * np.float32(W[b1 + k]) + x2 * np.float32(W[b2 + k]) \
+            + x3 * np.float32(W[b3 + k])
+        if more:
+            mf += mvf[k]
+        m = np.int32(mf)
+        a = A[ba + k]
+        s = np.int32(a + m)
+        fl = np.uint8((((a ^ m) | wm_or) == np.int32(-1)) & (((s ^ a ^ m) & kbit) != 0))
+        flk[k] = fl
+        anyf = np.uint8(anyf | fl)
+        A[ba + k] = s
+    return anyf != 0
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _scan_pass(xq, q, W, t, k0, kc, abuf, ba, flk, mvf, wm_or, kbit):
+    """First pass of output position q at step t, K >= 16, channels in the vector lanes: m_t of every channel
+    in float32 (exact: every partial sum is an integer below 2^24, whatever the order), the int32 add into
+    abuf[ba + k], and the window test of window_masks into flk (one flag per channel, a superset of the late
+    adds). Returns whether any add is flagged.
+
+    Why this shape (measured on 2-core AVX-512, where LLVM uses 256-bit vectors): float FMAs rather than int32
+    multiplies (vpmulld is two uops on one port); inlined helpers and flat unsigned indices (numba refcounts
+    the arrays of every call and every slice, and LLVM gathers rows picked by run-time indices); the "any" as a
+    uint8 reduction (an int32 one is promoted to int64 and halves the vector width; reading the flags back as
+    words stalls on store forwarding)."""
+    vec, kw = W.shape[1], W.shape[2]
+    wflat = W.reshape(-1)
+    for v in range(0, vec - 4, 4):
+        _quad_sums(np.float32(xq[q, v]), np.float32(xq[q, v + 1]), np.float32(xq[q, v + 2]),
+                   np.float32(xq[q, v + 3]), wflat, (t * vec + v) * kw + k0, kw, kc, mvf, v == 0)
+    v = vec - 4
+    return _scan_last(np.float32(xq[q, v]), np.float32(xq[q, v + 1]), np.float32(xq[q, v + 2]),
+                      np.float32(xq[q, v + 3]), wflat, (t * vec + v) * kw + k0, kw, kc, abuf, ba, flk, mvf, vec > 4,
+                      wm_or, kbit)
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy", inline="always")
+def _pos_quad(xf, bx, tile, w0, w1, w2, w3, mq, nq, first):
+    """mq[:nq] (+)= the products of four vec slots of every position with one channel's weights w0 .. w3
+    (float32, exact); slot v of position q is xf[bx + v tile + q]."""
+    b0 = np.uint64(bx)
+    b1, b2, b3 = b0 + np.uint64(tile), b0 + np.uint64(2 * tile), b0 + np.uint64(3 * tile)
+    if first:
+        for q in range(np.uint64(nq)):
+            mq[q] = xf[b0 + q] * w0 + xf[b1 + q] * w1 + xf[b2 + q] * w2 + xf[b3 + q] * w3
+    else:
+        for q in range(np.uint64(nq)):
+            mq[q] += xf[b0 + q] * w0 + xf[b1 + q] * w1 + xf[b2 + q] * w2 + xf[b3 + q] * w3
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy", inline="always")
+def _pos_last(xf, bx, tile, w0, w1, w2, w3, A, ba, F, bf, mq, more, nq, wm_or, kbit):
+    """The last quad of m_t for every position of one channel, the add into A[ba + q] and the window test into
+    F[bf + q]; returns whether any add is flagged (the position-major twin of _scan_last). Flat uint64 indices:
+    LLVM gathers rows indexed by run-time values."""
+    b0 = np.uint64(bx)
+    b1, b2, b3 = b0 + np.uint64(tile), b0 + np.uint64(2 * tile), b0 + np.uint64(3 * tile)
+    ba, bf = np.uint64(ba), np.uint64(bf)
+    anyf = np.uint8(0)
+    for q in range(np.uint64(nq)):
+        mf = xf[b0 + q] * w0 + xf[b1 + q] * w1 + xf[b2 + q] * w2 + xf[b3 + q] * w3
+        if more:
+            mf += mq[q]
+        m = np.int32(mf)
+        a = A[ba + q]
+        s = np.int32(a + m)
+        fl = np.uint8((((a ^ m) | wm_or) == np.int32(-1)) & (((s ^ a ^ m) & kbit) != 0))
+        F[bf + q] = fl
+        anyf = np.uint8(anyf | fl)
+        A[ba + q] = s
+    return anyf != 0
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _pos_pass(xf, vec, tile, W, t, k0, kc, abuf, r, kmax, F, mq, nq, wm_or, kbit, fks):
+    """The first pass of every position of a tile at step t, channel by channel (positions in the vector lanes):
+    the adds into abuf as (pipe, kmax, tile) and the flags into F as (kmax, tile). Writes the flagged channels
+    into fks; returns their count."""
+    nf = 0
     for k in range(kc):
-        m = np.int32(x0 * np.int32(w0[k]) + x1 * np.int32(w1[k]) + x2 * np.int32(w2[k]) + x3 * np.int32(w3[k]))
-        a = arow[k]
-        fl = np.int32((np.int32(np.int32(a ^ m) >> top) & wmask) == wmask)
-        flk[k] = np.uint8(fl)
-        f |= fl
-        arow[k] = np.int32(a + m)
-    return f != 0
+        for v in range(0, vec - 4, 4):
+            _pos_quad(xf, v * tile, tile, np.float32(W[t, v, k0 + k]), np.float32(W[t, v + 1, k0 + k]),
+                      np.float32(W[t, v + 2, k0 + k]), np.float32(W[t, v + 3, k0 + k]), mq, nq, v == 0)
+        v = vec - 4
+        if _pos_last(xf, v * tile, tile, np.float32(W[t, v, k0 + k]), np.float32(W[t, v + 1, k0 + k]),
+                     np.float32(W[t, v + 2, k0 + k]), np.float32(W[t, v + 3, k0 + k]), abuf,
+                     (r * kmax + k) * tile, F, k * tile, mq, vec > 4, nq, wm_or, kbit):
+            fks[nf] = k
+            nf += 1
+    return nf
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def loop_tiles(x, wc, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, kw, sh, sw, ph, pw, ho, wo, nsh, relu,
+@njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
+def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, kw, sh, sw, ph, pw, ho, wo, nsh, relu,
                widths, jit, k_lane, th, keys, mode, kf, slack_fin, slack_tree, ev_key, ev_t, ev_site, ev_bit,
                rt_key, rt_t, rt_bit, sm_lane, sm_vec, sm_bit, sm_val, sp_lane, sp_bit, sp_val, sa_lane, sa_bit,
-               sa_val, spec, out, flags, late_count, i0, i1):
+               sa_val, spec, tile, posmajor, out, flags, late_count, i0, i1):
     """Items [i0, i1) of (group, tile): every output (n, ch[k], y, x) of the tile's positions through the §1.2 loop.
 
     x (N, group, Cb, H, W, VEC) int8; wc (L, VEC, Kc) int8 the weights of channels ch (global o, sorted; group j
-    holds ch[gseg[j]:gseg[j+1]]); imgs: the images; kf (N, 3) the filter horizon of sites accumulate,
+    holds ch[gseg[j]:gseg[j+1]]), wfl the same as float32 (or wc itself for big layers, mac_run.float_weights);
+    imgs: the images; kf (N, 3) the filter horizon of sites accumulate,
     final_reduce, adder_tree (>= 31: the site never has a late add); ev_*/rt_*: MAC-flip and rate records keyed
     ((n O + o) Ho + y) Wo + x, sorted; sm_/sp_/sa_: stuck multiplier, product, accumulator entries; spec[k]: the
-    lane of ch[k] has stuck bits. Writes out (N, Ob, Ho, Wo, VECo) int8, flags (N, O, Ho, Wo) (1 hit, 2 changed
+    lane of ch[k] has stuck bits; tile: positions per tile; posmajor: the first pass runs channel by channel with
+    the tile's positions in the vector lanes (mac_run.layout; only without adder-tree adds and with filter
+    horizons >= 16), else position by position with the channels in the lanes. Writes out (N, Ob, Ho, Wo, VECo) int8, flags (N, O, Ho, Wo) (1 hit, 2 changed
     from the clean value of these operands, 4 saturated) and late_count[item].
 
     The clean value needs no second sum: every register is the sum of its inputs plus the changes faults made
@@ -337,28 +452,53 @@ def loop_tiles(x, wc, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, kw, s
     vec_out = out.shape[4]
     wp, wa, wf = widths[0], widths[1], widths[2]
     npos = len(imgs) * ho * wo
-    tiles = (npos + TILE - 1) // TILE
+    tiles = (npos + tile - 1) // tile
     kmax = 0
     for j in range(len(gseg) - 1):
         kmax = max(kmax, gseg[j + 1] - gseg[j])
-    A = np.zeros((TILE, pipe, kmax), np.int32)
-    dl = np.zeros((TILE, kmax), np.int64)
+    # the accumulators: (pipe, channels, positions) when position-major, else (positions, pipe, channels)
+    abuf = np.zeros(tile * pipe * kmax, np.int32)
+    Ap = abuf.reshape((pipe, kmax, tile))
+    Ac = abuf.reshape((tile, pipe, kmax))
+    F = np.zeros(kmax * tile if posmajor else 8, np.uint8)     # position-major first-pass flags (kmax, tile)
+    xf = np.zeros(vec * tile if posmajor else 1, np.float32)   # position-major inputs of a step (vec, tile)
+    mq = np.zeros(tile, np.float32)
+    fks = np.zeros(kmax, np.int64)                                     # channels with a flagged add
+    qflag = np.zeros(tile, np.uint8)
+    nzq = np.zeros(tile, np.bool_)
+    dl = np.zeros((tile, kmax), np.int64)
     mv = np.zeros(kmax, np.int32)
+    mvf = np.zeros(kmax, np.float32)
+    wm_or = np.zeros(len(kf), np.int32)          # per image: the first pass's window test at the filter horizon
+    kbit = np.zeros(len(kf), np.int32)
+    for n in range(len(kf)):
+        wm_or[n], kbit[n] = window_masks(min(kf[n, 0], 31))
     flk = np.zeros(-(-kmax // 8) * 8, np.uint8)   # per channel: the first pass flagged its add (1), records or
     fw = flk.view(np.uint64)                       # stuck bits (2); scanned 8 at a time
     spec_k = np.zeros(kmax, np.int64)
-    nxt = np.zeros((TILE, kmax), np.int64)
-    pm = np.zeros((TILE, kmax, 4), np.int64)       # mac records [pos, end), rate records [pos, end)
-    xq = np.zeros((TILE, vec), np.int64)
-    pn = np.zeros(TILE, np.int64)
-    py = np.zeros(TILE, np.int64)
-    px = np.zeros(TILE, np.int64)
-    qmin = np.zeros(TILE, np.int64)
     has_ev = len(ev_key) + len(rt_key) > 0
+    nxt = np.zeros((tile, kmax) if has_ev else (1, 1), np.int64)
+    pm = np.zeros((tile, kmax, 4) if has_ev else (1, 1, 4), np.int64)   # mac records [pos, end), rate [pos, end)
+    xq = np.zeros((tile, vec), np.int64)
+    pn = np.zeros(tile, np.int64)
+    py = np.zeros(tile, np.int64)
+    px = np.zeros(tile, np.int64)
+    qmin = np.zeros(tile, np.int64)
+    iy0 = np.zeros(tile, np.int64)
+    ix0 = np.zeros(tile, np.int64)
+    xbase = np.zeros(tile, np.int64)                # flat offset of x[n, j, 0, iy0, ix0, 0]
+    xflat = x.reshape(-1)
+    ng = x.shape[1]
+    regs = np.zeros(pipe, np.int64)                 # the accumulators of the final reduction, in its order
+    lane_ch = (ch + po) % lane_num
+    Fw = F.view(np.uint64)
+    pq = np.zeros(tile * kmax, np.int64)            # the adds of a step the second pass redoes
+    pk = np.zeros(tile * kmax, np.int64)
+    evq = np.zeros(tile, np.int64)                  # positions with fault records at the step
     for item in range(i0, i1):
         j = item // tiles
-        p0 = (item % tiles) * TILE
-        nq = min(TILE, npos - p0)
+        p0 = (item % tiles) * tile
+        nq = min(tile, npos - p0)
         k0, k1 = gseg[j], gseg[j + 1]
         kc = k1 - k0
         if kc == 0:
@@ -369,18 +509,22 @@ def loop_tiles(x, wc, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, kw, s
             if spec[k0 + k] != 0:
                 spec_k[nspec] = k
                 nspec += 1
+        kt = 31                                    # the smallest filter horizon of the tile's images
         for q in range(nq):
             p = p0 + q
             pn[q] = imgs[p // (ho * wo)]
             py[q] = (p // wo) % ho
             px[q] = p % wo
+            kt = min(kt, kf[pn[q], 0])
+            iy0[q] = py[q] * sh - ph
+            ix0[q] = px[q] * sw - pw
+            xbase[q] = ((pn[q] * ng + j) * cb * h + iy0[q]) * w * vec + ix0[q] * vec
             qmin[q] = NO_STEP
+            qflag[q] = 0
             for k in range(kc):
-                for r in range(pipe):
-                    A[q, r, k] = 0
                 dl[q, k] = 0
-                nxt[q, k] = NO_STEP
                 if has_ev:
+                    nxt[q, k] = NO_STEP
                     key = ((pn[q] * o_total + ch[k0 + k]) * ho + py[q]) * wo + px[q]
                     a0 = np.searchsorted(ev_key, key)
                     a1 = np.searchsorted(ev_key, key, side="right")
@@ -389,119 +533,192 @@ def loop_tiles(x, wc, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, kw, s
                     pm[q, k, 0], pm[q, k, 1], pm[q, k, 2], pm[q, k, 3] = a0, a1, b0, b1
                     nxt[q, k] = _next_step(a0, a1, ev_t, ev_site, b0, b1, rt_t)
                     qmin[q] = min(qmin[q], nxt[q, k])
+        abuf[:] = 0
+        wm_t, kbit_t = window_masks(kt)
+        tmin = NO_STEP                             # the tile's next step with fault records
+        for q in range(nq):
+            tmin = min(tmin, qmin[q])
         for t in range(steps):
             gb = t // (kh * kw)
             ky = (t % (kh * kw)) // kw
             kx = t % kw
             r = t % pipe
+            rp = (t - 1) % pipe
+            any_nz = False
+            xoff = (gb * h + ky) * w * vec + kx * vec
             for q in range(nq):
-                n = pn[q]
-                iy = py[q] * sh - ph + ky
-                ix = px[q] * sw - pw + kx
-                nnz = 0
+                iy = iy0[q] + ky
+                ix = ix0[q] + kx
+                nz = False
+                inside = 0 <= iy < h and 0 <= ix < w
                 for v in range(vec):
-                    xq[q, v] = x[n, j, gb, iy, ix, v] if 0 <= iy < h and 0 <= ix < w else 0
-                    nnz += xq[q, v] != 0
-                nz = nnz > 0
-                flagged = False
+                    xv = xflat[xbase[q] + xoff + v] if inside else 0
+                    xq[q, v] = xv
+                    nz |= xv != 0
+                    if posmajor:
+                        xf[v * tile + q] = xv
+                nzq[q] = nz
+                any_nz |= nz
+            # the first pass (m_t, the add and a superset of the late adds), then the list of adds the second
+            # pass redoes: (q, k) pairs, flagged or with fault records or stuck bits at this step
+            npair = 0
+            nevq = 0
+            nfk = 0
+            if posmajor and any_nz:
+                nfk = _pos_pass(xf, vec, tile, wfl, t, k0, kc, abuf, r, kmax, F, mq, nq, wm_t, kbit_t, fks)
+            if posmajor and nspec == 0 and not (has_ev and tmin == t):
+                for i in range(nfk):               # the common case: the flagged adds only
+                    k = fks[i]
+                    for wi in range((nq + 7) // 8):
+                        if Fw[(k * tile) // 8 + wi] == 0:
+                            continue
+                        for q in range(wi * 8, min(nq, wi * 8 + 8)):
+                            if F[k * tile + q] != 0:
+                                pq[npair], pk[npair] = q, k
+                                npair += 1
+            else:
+                for i in range(nfk):
+                    bf = fks[i] * tile
+                    for q in range(nq):
+                        qflag[q] |= F[bf + q]
+                for q in range(nq):
+                    n = pn[q]
+                    nz = nzq[q]
+                    K = kf[n, 0]
+                    events = has_ev and qmin[q] == t
+                    if posmajor:
+                        if not (qflag[q] or nspec or events):
+                            continue
+                        for k in range(kc):
+                            flk[k] = 0
+                        for i in range(nfk):
+                            flk[fks[i]] = F[fks[i] * tile + q]
+                        qflag[q] = 0
+                    else:
+                        flagged = False
+                        if nz:
+                            # all channels of one position at once (small helpers whose loops LLVM vectorises)
+                            if nz and kf[n, 2] < 31:
+                                tsh, tfill = run_masks(kf[n, 2])
+                                flagged = _tree_pass(xq[q], wc[t], k0, kc, mv, flk, tsh, tfill)
+                                flagged = _acc_pass(Ac[q, r], mv, flk, kc, K, np.uint8(255)) or flagged
+                            elif K >= 16:
+                                flagged = _scan_pass(xq, q, wfl, t, k0, kc, abuf, (q * pipe + r) * kmax, flk, mvf,
+                                                     wm_or[n], kbit[n])
+                            else:
+                                _dot_pass(xq[q], wc[t], k0, kc, mv)
+                                flagged = _acc_pass(Ac[q, r], mv, flk, kc, K, np.uint8(0))
+                        if not (flagged or nspec or events):
+                            continue
+                        if not nz:
+                            for k in range(kc):
+                                flk[k] = 0             # the flags of an earlier step
+                    for i in range(nspec):
+                        flk[spec_k[i]] |= 2
+                    if events:
+                        evq[nevq] = q
+                        nevq += 1
+                        for k in range(kc):
+                            if nxt[q, k] == t:
+                                flk[k] |= 2
+                    for wi in range((kc + 7) // 8):
+                        if fw[wi] == 0:
+                            continue
+                        for k in range(wi * 8, min(kc, wi * 8 + 8)):
+                            if flk[k] != 0:
+                                pq[npair], pk[npair] = q, k
+                                npair += 1
+            # the second pass: the exact §1.2 step of each listed add, with its own horizon, fault records and
+            # stuck bits, in place of the first pass's plain add (written out here, not in a helper: numba
+            # refcounts every array a call or a tuple hands over, which cost more than the work)
+            for ip in range(npair):
+                q, k = pq[ip], pk[ip]
+                n = pn[q]
+                nz = nzq[q]
                 tree = nz and kf[n, 2] < 31
                 K = kf[n, 0]
+                mk = np.int64(0)
                 if nz:
-                    # first pass, all channels at once (small helpers, so that LLVM vectorises their loops):
-                    # m_t, the add, and a superset of the late adds
-                    if tree:
-                        tsh, tfill = run_masks(kf[n, 2])
-                        flagged = _tree_pass(xq[q], wc[t], k0, kc, mv, flk, tsh, tfill)
-                        flagged = _acc_pass(A[q, r], mv, flk, kc, K, np.uint8(255)) or flagged
-                    elif vec == 4 and K >= 16 and nnz >= 3:
-                        flagged = _fused4_pass(xq[q], wc[t], k0, kc, A[q, r], flk, K)
-                    else:
-                        _dot_pass(xq[q], wc[t], k0, kc, mv)
-                        flagged = _acc_pass(A[q, r], mv, flk, kc, K, np.uint8(0))
-                if not (flagged or nspec or qmin[q] == t):
-                    continue
-                # the second pass: flagged adds, stuck lanes and fault records, one output at a time
-                if not nz:
-                    for k in range(kc):
-                        flk[k] = 0             # the flags of an earlier step
-                for i in range(nspec):
-                    flk[spec_k[i]] |= 2
-                events = qmin[q] == t
-                if events:
-                    for k in range(kc):
-                        if nxt[q, k] == t:
-                            flk[k] |= 2
-                for wi in range((kc + 7) // 8):
-                    if fw[wi] == 0:
-                        continue
-                    for k in range(wi * 8, min(kc, wi * 8 + 8)):
-                        if flk[k] == 0:
-                            continue
-                        mk = np.int64(0)
-                        if nz:
-                            for v in range(vec):
-                                mk += xq[q, v] * np.int64(wc[t, v, k0 + k])
-                        a = _wrap32(np.int64(A[q, r, k]) - mk)
-                        o = ch[k0 + k]
-                        lane = (o + po) % lane_num
-                        oidx = (o * ho + py[q]) * wo + px[q]
-                        ctr_step = oidx * steps + t
-                        prev = np.int64(0) if t == 0 else (a if pipe == 1 else np.int64(A[q, (t - 1) % pipe, k]))
-                        m = mk
-                        if spec[k0 + k] != 0 or tree:
-                            m, lt = _exact_m(xq[q], wc, t, k0 + k, vec, lane, sm_lane, sm_vec, sm_bit, sm_val, tree,
-                                             kf[n, 2], jit, n, ctr_step, slack_tree, k_lane, th, keys)
-                            lates += lt
-                            if lt:
-                                flags[n, o, py[q], px[q]] |= 1
-                        e, e1, f, f1 = pm[q, k, 0], pm[q, k, 1], pm[q, k, 2], pm[q, k, 3]
-                        while e < e1 and (ev_site[e] == 2 or (ev_t[e] == t and ev_site[e] == 0)):
-                            if ev_site[e] == 0:
-                                m = _flip(m, np.int64(ev_bit[e]), wp)
-                            e += 1
-                        for s_ in range(len(sp_lane)):
-                            if sp_lane[s_] == lane:
-                                m = _force(m, np.int64(sp_bit[s_]), np.int64(sp_val[s_]), wp)
-                        late = np.int64(0)
-                        if _maybe_late(a, m, K):
-                            Ka = _horizon(jit, n, lane, ctr_step * 4, 0, False, k_lane, th, keys)
-                            if _maybe_late(a, m, Ka):
-                                late = _late(a, m, Ka)
-                        s = _ch_add(a, m, late, mode, prev)
-                        if late != 0:
-                            lates += 1
-                            flags[n, o, py[q], px[q]] |= 1
-                        while f < f1 and rt_t[f] == t:
-                            s = _wrap32(s - (np.int64(1) << rt_bit[f]))
-                            f += 1
-                        while e < e1 and (ev_site[e] == 2 or (ev_t[e] == t and ev_site[e] == 1)):
-                            if ev_site[e] == 1:
-                                s = _flip(s, np.int64(ev_bit[e]), wa)
-                            e += 1
-                        for s_ in range(len(sa_lane)):
-                            if sa_lane[s_] == lane:
-                                s = _force(s, np.int64(sa_bit[s_]), np.int64(sa_val[s_]), wa)
-                        A[q, r, k] = s
-                        dl[q, k] += s - (a + mk)
-                        pm[q, k, 0], pm[q, k, 2] = e, f
-                        nxt[q, k] = _next_step(e, e1, ev_t, ev_site, f, f1, rt_t)
-                if events:
-                    qmin[q] = NO_STEP
-                    for k in range(kc):
-                        qmin[q] = min(qmin[q], nxt[q, k])
-        # 8. final reduction, 9. final flips, then the output conversion
-        for q in range(nq):
-            n = pn[q]
-            for k in range(kc):
+                    for v in range(vec):
+                        mk += xq[q, v] * np.int64(wc[t, v, k0 + k])
+                a = _wrap32(np.int64(Ap[r, k, q] if posmajor else Ac[q, r, k]) - mk)
                 o = ch[k0 + k]
-                lane = (o + po) % lane_num
-                oidx = (o * ho + py[q]) * wo + px[q]
-                S = np.int64(A[q, (steps - 1) % pipe, k])
+                lane = lane_ch[k0 + k]
+                ctr_step = ((o * ho + py[q]) * wo + px[q]) * steps + t
+                prev = np.int64(0)
+                if t > 0:
+                    prev = a if pipe == 1 else np.int64(Ap[rp, k, q] if posmajor else Ac[q, rp, k])
+                m = mk
+                if spec[k0 + k] != 0 or tree:
+                    m, lt = _exact_m(xq[q], wc, t, k0 + k, vec, lane, sm_lane, sm_vec, sm_bit, sm_val, tree,
+                                     kf[n, 2], jit, n, ctr_step, slack_tree, k_lane, th, keys)
+                    lates += lt
+                    if lt:
+                        flags[n, o, py[q], px[q]] |= 1
+                e = e1 = f = f1 = 0
+                if has_ev:
+                    e, e1, f, f1 = pm[q, k, 0], pm[q, k, 1], pm[q, k, 2], pm[q, k, 3]
+                while e < e1 and (ev_site[e] == 2 or (ev_t[e] == t and ev_site[e] == 0)):
+                    if ev_site[e] == 0:
+                        m = _flip(m, np.int64(ev_bit[e]), wp)
+                    e += 1
+                for s_ in range(len(sp_lane)):
+                    if sp_lane[s_] == lane:
+                        m = _force(m, np.int64(sp_bit[s_]), np.int64(sp_val[s_]), wp)
+                late = np.int64(0)
+                if _maybe_late(a, m, K):
+                    Ka = _horizon(jit, n, lane, ctr_step * 4, 0, False, k_lane, th, keys)
+                    if _maybe_late(a, m, Ka):
+                        late = _late(a, m, Ka)
+                s = _ch_add(a, m, late, mode, prev)
+                if late != 0:
+                    lates += 1
+                    flags[n, o, py[q], px[q]] |= 1
+                while f < f1 and rt_t[f] == t:
+                    s = _wrap32(s - (np.int64(1) << rt_bit[f]))
+                    f += 1
+                while e < e1 and (ev_site[e] == 2 or (ev_t[e] == t and ev_site[e] == 1)):
+                    if ev_site[e] == 1:
+                        s = _flip(s, np.int64(ev_bit[e]), wa)
+                    e += 1
+                for s_ in range(len(sa_lane)):
+                    if sa_lane[s_] == lane:
+                        s = _force(s, np.int64(sa_bit[s_]), np.int64(sa_val[s_]), wa)
+                if posmajor:
+                    Ap[r, k, q] = s
+                else:
+                    Ac[q, r, k] = s
+                dl[q, k] += s - (a + mk)
+                if has_ev:
+                    pm[q, k, 0], pm[q, k, 2] = e, f
+                    nxt[q, k] = _next_step(e, e1, ev_t, ev_site, f, f1, rt_t)
+            for i in range(nevq):
+                q = evq[i]
+                qmin[q] = NO_STEP
+                for k in range(kc):
+                    qmin[q] = min(qmin[q], nxt[q, k])
+            if has_ev and tmin == t:
+                tmin = NO_STEP
+                for q in range(nq):
+                    tmin = min(tmin, qmin[q])
+        # 8. final reduction, 9. final flips, then the output conversion (no divisions in the inner loop)
+        for i in range(pipe):
+            regs[i] = (steps - 1 - i) % pipe
+        for k in range(kc):
+            o = ch[k0 + k]
+            lane = (o + po) % lane_num
+            ob, oi = o // vec_out, o % vec_out
+            for q in range(nq):
+                n = pn[q]
+                S = np.int64(Ap[regs[0], k, q] if posmajor else Ac[q, regs[0], k])
                 delta = dl[q, k]
                 for i in range(1, pipe):
-                    u = np.int64(A[q, (steps - 1 - i) % pipe, k]) if steps - 1 - i >= 0 else np.int64(0)
+                    u = np.int64(0)
+                    if steps - 1 - i >= 0:
+                        u = np.int64(Ap[regs[i], k, q] if posmajor else Ac[q, regs[i], k])
                     late = np.int64(0)
-                    if _maybe_late(S, u, kf[n, 1]):
+                    if kf[n, 1] < 31 and _maybe_late(S, u, kf[n, 1]):
+                        oidx = (o * ho + py[q]) * wo + px[q]
                         K = _horizon(jit, n, lane, (oidx * pipe + i) * 4 + 1, slack_fin, True, k_lane, th, keys)
                         late = _late(S, u, K)
                     S2 = _ch_add(S, u, late, 0, 0)
@@ -518,8 +735,8 @@ def loop_tiles(x, wc, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, kw, s
                             delta += S2 - S
                             S = S2
                 yv = _convert(S, rb[o], nsh, relu)
-                out[n, o // vec_out, py[q], px[q], o % vec_out] = yv
-                if yv != _convert(_wrap32(S - delta), rb[o], nsh, relu):
+                out[n, ob, py[q], px[q], oi] = yv
+                if delta != 0 and yv != _convert(_wrap32(S - delta), rb[o], nsh, relu):
                     flags[n, o, py[q], px[q]] |= 2
                 if _saturates(S, nsh):
                     flags[n, o, py[q], px[q]] |= 4

@@ -16,19 +16,44 @@ def loop_weight_matrix(wdev, ch, g):
     return np.ascontiguousarray(w_all[:, :, np.asarray(ch, np.int64) + g.po])
 
 
+FLOAT_WEIGHTS_MAX = 1 << 24        # float32 copies of the loop's weights up to this many (64 MB)
+
+
+def float_weights(wc):
+    """The first pass's weights (mac._scan_pass): float32, or the int8 matrix itself above FLOAT_WEIGHTS_MAX
+    (the pass converts as it reads: slower, but an FC layer's float copy would take four times its bytes)."""
+    return wc.astype(np.float32) if wc.size <= FLOAT_WEIGHTS_MAX else wc
+
+
+POS_TILE = 128                     # positions per tile of the position-major first pass
+POS_MIN = 64                       # ... used from this many positions per launch
+
+
+def layout(npos, kf):
+    """(positions per tile, position-major) of mac.loop_tiles for npos positions and filter horizons kf (N, 3).
+
+    Position-major (the tile's positions in the vector lanes, one channel at a time) keeps the lanes full for
+    any channel count; it needs the window test (every filter horizon >= 16) and no adder-tree adds. Layers with
+    few positions (an FC layer's batch) run position by position with the channels in the lanes."""
+    if npos >= POS_MIN and (kf[:, 0] >= 16).all() and (kf[:, 2] >= 31).all():
+        return POS_TILE, True
+    return TILE, False
+
+
 def _no_records():
     z = np.zeros(0, np.int64)
     return {"key": z, "t": z, "site": z, "bit": z}
 
 
 def run_loop(x, wc, ch, imgs, rb, stage, hw, out, flags=None, timing=None, mac_rec=None, rate_rec=None,
-             stuck=None, spec=None):
+             stuck=None, spec=None, wf=None):
     """The register loop over outputs (imgs × ch) of a conv stage into device activations `out`; returns the
     number of late adds. timing: (jit, k_lane, thresholds, keys, mode, kf, final_slack, tree_slack) or None;
     mac_rec / rate_rec: record columns with output keys; stuck: (multiplier, product, accumulator) columns
     ((lane, vec, bit, value), (lane, bit, value), (lane, bit, value)); spec: per channel, 1 where its lane has
-    stuck bits."""
+    stuck bits; wf: float_weights(wc), when the caller keeps it."""
     g = stage.geom
+    wf = float_weights(wc) if wf is None else wf
     ch = np.asarray(ch, np.int64)
     imgs = np.asarray(imgs, np.int64)
     if timing is None:
@@ -42,13 +67,15 @@ def run_loop(x, wc, ch, imgs, rb, stage, hw, out, flags=None, timing=None, mac_r
     spec = np.zeros(len(ch), np.uint8) if spec is None else spec
     flags = np.zeros((g.N, g.O, g.Ho, g.Wo), np.uint8) if flags is None else flags
     gseg = np.searchsorted(ch, np.arange(g.group + 1) * g.Og).astype(np.int64)
-    items = g.group * (-(-len(imgs) * g.Ho * g.Wo // TILE))
+    npos = len(imgs) * g.Ho * g.Wo
+    tile, posmajor = layout(npos, timing[5])
+    items = g.group * (-(-npos // tile))
     late = np.zeros(items, np.int64)
     widths = np.array([hw.width_product, hw.width_accumulator, hw.width_final], np.int64)
-    split(loop_tiles, items, len(imgs) * g.Ho * g.Wo * len(ch) * g.L * g.vec, x, wc, ch, gseg, imgs, rb, g.O, g.po,
+    split(loop_tiles, items, len(imgs) * g.Ho * g.Wo * len(ch) * g.L * g.vec, x, wc, wf, ch, gseg, imgs, rb, g.O, g.po,
           hw.lane_num, g.pipe, g.Kh, g.Kw, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.Ho, g.Wo, stage.fmt.n,
           stage.relu, widths, *timing, mac_rec["key"], mac_rec["t"], mac_rec["site"], mac_rec["bit"],
-          rate_rec["key"], rate_rec["t"], rate_rec["bit"], *stuck[0], *stuck[1], *stuck[2], spec, out, flags, late)
+          rate_rec["key"], rate_rec["t"], rate_rec["bit"], *stuck[0], *stuck[1], *stuck[2], spec, tile, posmajor, out, flags, late)
     return int(late.sum())
 
 

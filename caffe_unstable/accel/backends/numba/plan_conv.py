@@ -262,9 +262,9 @@ class PlanConv:
         stuck = (tuple(sm[k].astype(np.int64) for k in ("lane", "vec", "bit", "value")),
                  tuple(sp[k].astype(np.int64) for k in ("lane", "bit", "value")),
                  tuple(sa[k].astype(np.int64) for k in ("lane", "bit", "value")))
-        return mac_run.run_loop(x, loop_weights(self.mem, wdev, ch, g), ch, imgs, rb, self.stage, self.hw, out,
-                                flags, timing, recs["mac"], recs["rate"], stuck,
-                                self.stuck_lanes[lanes].astype(np.uint8))
+        wc, wf = loop_weights(self.mem, wdev, ch, g)
+        return mac_run.run_loop(x, wc, ch, imgs, rb, self.stage, self.hw, out, flags, timing, recs["mac"],
+                                recs["rate"], stuck, self.stuck_lanes[lanes].astype(np.uint8), wf)
 
     def _memory_counts(self, out, sat, mask=None):
         """With memory faults every output may change: compare with the clean layer, computed once more (which
@@ -277,15 +277,17 @@ class PlanConv:
 
 
 def loop_weights(mem, wdev, ch, g):
-    """The loop's weights of channels ch, cached for the slot's device weights and one channel set."""
+    """The loop's weights of channels ch and their mac_run.float_weights, cached for the slot's device weights
+    and one channel set."""
     key = ch.tobytes()
     cached = mem.get("_loop_weights")
     if cached is not None and cached[0] is wdev and cached[1] == key:
         return cached[2]
     wc = mac_run.loop_weight_matrix(wdev, ch, g)
+    both = (wc, mac_run.float_weights(wc))
     if wdev is mem.get("weights"):
-        mem["_loop_weights"] = (wdev, key, wc)
-    return wc
+        mem["_loop_weights"] = (wdev, key, both)
+    return both
 
 
 def with_events(lp, events):
