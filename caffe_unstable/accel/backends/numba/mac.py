@@ -348,8 +348,9 @@ def _scan_last(x0, x1, x2, x3, W, bw, kw, kc, A, ba, flk, mvf, more, wm_or, kbit
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _scan_pass(xq, q, W, t, k0, kc, abuf, ba, flk, mvf, wm_or, kbit):
-    """First pass of output position q at step t, K >= 16, channels in the vector lanes: m_t of every channel
+def _scan_pass(xq, q, wflat, vec, kw, t, k0, kc, abuf, ba, flk, mvf, wm_or, kbit):
+    """First pass of output position q at step t, K >= 16, channels in the vector lanes (wflat: the (L, vec, kw)
+    weights, flat): m_t of every channel
     in float32 (exact: every partial sum is an integer below 2^24, whatever the order), the int32 add into
     abuf[ba + k], and the window test of window_masks into flk (one flag per channel, a superset of the late
     adds). Returns whether any add is flagged.
@@ -359,8 +360,6 @@ def _scan_pass(xq, q, W, t, k0, kc, abuf, ba, flk, mvf, wm_or, kbit):
     the arrays of every call and every slice, and LLVM gathers rows picked by run-time indices); the "any" as a
     uint8 reduction (an int32 one is promoted to int64 and halves the vector width; reading the flags back as
     words stalls on store forwarding)."""
-    vec, kw = W.shape[1], W.shape[2]
-    wflat = W.reshape(-1)
     for v in range(0, vec - 4, 4):
         _quad_sums(np.float32(xq[q, v]), np.float32(xq[q, v + 1]), np.float32(xq[q, v + 2]),
                    np.float32(xq[q, v + 3]), wflat, (t * vec + v) * kw + k0, kw, kc, mvf, v == 0)
@@ -407,30 +406,68 @@ def _pos_last(xf, bx, tile, w0, w1, w2, w3, A, ba, F, bf, mq, more, nq, wm_or, k
     return anyf != 0
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _pos_pass(xf, vec, tile, W, t, k0, kc, abuf, r, kmax, F, mq, nq, wm_or, kbit, fks):
-    """The first pass of every position of a tile at step t, channel by channel (positions in the vector lanes):
-    the adds into abuf as (pipe, kmax, tile) and the flags into F as (kmax, tile). Writes the flagged channels
-    into fks; returns their count."""
+@njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
+def _pos_pass(xf, vec, tile, wt, kc, abuf, r, kmax, F, mq, nq, wm_or, kbit, fks):
+    """The first pass of every position of a tile at one step, channel by channel (positions in the vector
+    lanes): the adds into abuf as (pipe, kmax, tile) and the flags into F as (kmax, tile); wt (VEC, channels) the
+    step's weights. Writes the flagged channels into fks; returns their count.
+
+    Called, not inlined: in its own function LLVM keeps the loop's values in registers (inlined into the big
+    kernel it reloaded them from the stack, measured 7 % slower). The call's refcounts stay cheap because every
+    array it gets belongs to the calling thread (wt is a per-step copy of the shared weights)."""
     nf = 0
     for k in range(kc):
         for v in range(0, vec - 4, 4):
-            _pos_quad(xf, v * tile, tile, np.float32(W[t, v, k0 + k]), np.float32(W[t, v + 1, k0 + k]),
-                      np.float32(W[t, v + 2, k0 + k]), np.float32(W[t, v + 3, k0 + k]), mq, nq, v == 0)
+            _pos_quad(xf, v * tile, tile, wt[v, k], wt[v + 1, k], wt[v + 2, k], wt[v + 3, k], mq, nq, v == 0)
         v = vec - 4
-        if _pos_last(xf, v * tile, tile, np.float32(W[t, v, k0 + k]), np.float32(W[t, v + 1, k0 + k]),
-                     np.float32(W[t, v + 2, k0 + k]), np.float32(W[t, v + 3, k0 + k]), abuf,
+        if _pos_last(xf, v * tile, tile, wt[v, k], wt[v + 1, k], wt[v + 2, k], wt[v + 3, k], abuf,
                      (r * kmax + k) * tile, F, k * tile, mq, vec > 4, nq, wm_or, kbit):
             fks[nf] = k
             nf += 1
     return nf
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _final_pass(abuf, regs, nreg, kmax, tile, k, dl, rb, nsh, relu, nq, ybuf, fbuf):
+    """Steps 8 and 9 of §1.2 for channel k of every position of a position-major tile when no final add can be
+    late and no final record applies: S = the sum of the accumulators (wrapping, one pass per register), then
+    the §1.5 conversion of S and of the clean S - dl (dl flat, (kmax, tile)) into ybuf (the output) and fbuf
+    (2 changed, 4 saturated). The rounding shift is (S >> n) + bit n-1 of S: no int32 overflow, so the loops
+    stay in 32-bit lanes."""
+    nq = np.uint64(nq)
+    b0 = np.uint64((regs[0] * kmax + k) * tile)
+    for q in range(nq):
+        ybuf[q] = abuf[b0 + q]
+    for i in range(1, nreg):
+        bi = np.uint64((regs[i] * kmax + k) * tile)
+        for q in range(nq):
+            ybuf[q] = np.int32(ybuf[q] + abuf[bi + q])
+    bd = np.uint64(k * tile)
+    rb32 = np.int32(rb)
+    n1 = nsh - 1
+    for q in range(nq):
+        S = ybuf[q]
+        r1 = np.int32((S >> nsh) + ((S >> n1) & 1))
+        y = np.int32(((r1 + rb32 + 128) & 255) - 128)
+        y = np.int32(127) if r1 >= 128 else y
+        y = np.int32(-128) if r1 <= -129 else y
+        Sc = np.int32(S - dl[bd + q])
+        rc = np.int32((Sc >> nsh) + ((Sc >> n1) & 1))
+        yc = np.int32(((rc + rb32 + 128) & 255) - 128)
+        yc = np.int32(127) if rc >= 128 else yc
+        yc = np.int32(-128) if rc <= -129 else yc
+        if relu:
+            y = max(y, np.int32(0))
+            yc = max(yc, np.int32(0))
+        ybuf[q] = y
+        fbuf[q] = np.uint8((y != yc) * 2 + ((r1 >= 128) | (r1 <= -129)) * 4)
+
+
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, kw, sh, sw, ph, pw, ho, wo, nsh, relu,
                widths, jit, k_lane, th, keys, mode, kf, slack_fin, slack_tree, ev_key, ev_t, ev_site, ev_bit,
                rt_key, rt_t, rt_bit, sm_lane, sm_vec, sm_bit, sm_val, sp_lane, sp_bit, sp_val, sa_lane, sa_bit,
-               sa_val, spec, tile, posmajor, out, flags, late_count, i0, i1):
+               sa_val, spec, tile, posmajor, kch, out, flags, late_count, i0, i1):
     """Items [i0, i1) of (group, tile): every output (n, ch[k], y, x) of the tile's positions through the §1.2 loop.
 
     x (N, group, Cb, H, W, VEC) int8; wc (L, VEC, Kc) int8 the weights of channels ch (global o, sorted; group j
@@ -438,7 +475,8 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
     imgs: the images; kf (N, 3) the filter horizon of sites accumulate,
     final_reduce, adder_tree (>= 31: the site never has a late add); ev_*/rt_*: MAC-flip and rate records keyed
     ((n O + o) Ho + y) Wo + x, sorted; sm_/sp_/sa_: stuck multiplier, product, accumulator entries; spec[k]: the
-    lane of ch[k] has stuck bits; tile: positions per tile; posmajor: the first pass runs channel by channel with
+    lane of ch[k] has stuck bits; tile: positions per tile; kch: channels per item (an item is a group's tile
+    and chunk of channels); posmajor: the first pass runs channel by channel with
     the tile's positions in the vector lanes (mac_run.layout; only without adder-tree adds and with filter
     horizons >= 16), else position by position with the channels in the lanes. Writes out (N, Ob, Ho, Wo, VECo) int8, flags (N, O, Ho, Wo) (1 hit, 2 changed
     from the clean value of these operands, 4 saturated) and late_count[item].
@@ -456,6 +494,10 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
     kmax = 0
     for j in range(len(gseg) - 1):
         kmax = max(kmax, gseg[j + 1] - gseg[j])
+    kmax = min(kmax, kch)
+    chunks = 1
+    for j in range(len(gseg) - 1):
+        chunks = max(chunks, (gseg[j + 1] - gseg[j] + kch - 1) // kch)
     # the accumulators: (pipe, channels, positions) when position-major, else (positions, pipe, channels)
     abuf = np.zeros(tile * pipe * kmax, np.int32)
     Ap = abuf.reshape((pipe, kmax, tile))
@@ -463,10 +505,12 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
     F = np.zeros(kmax * tile if posmajor else 8, np.uint8)     # position-major first-pass flags (kmax, tile)
     xf = np.zeros(vec * tile if posmajor else 1, np.float32)   # position-major inputs of a step (vec, tile)
     mq = np.zeros(tile, np.float32)
+    wstep = np.zeros((vec, kmax) if posmajor else (1, 1), np.float32)   # a step's weights, this thread's
     fks = np.zeros(kmax, np.int64)                                     # channels with a flagged add
     qflag = np.zeros(tile, np.uint8)
     nzq = np.zeros(tile, np.bool_)
-    dl = np.zeros((tile, kmax), np.int64)
+    dl = np.zeros((kmax, tile), np.int32)          # per output: the changes faults made (mod 2^32)
+    dlf = dl.reshape(-1)
     mv = np.zeros(kmax, np.int32)
     mvf = np.zeros(kmax, np.float32)
     wm_or = np.zeros(len(kf), np.int32)          # per image: the first pass's window test at the filter horizon
@@ -488,20 +532,24 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
     ix0 = np.zeros(tile, np.int64)
     xbase = np.zeros(tile, np.int64)                # flat offset of x[n, j, 0, iy0, ix0, 0]
     xflat = x.reshape(-1)
+    wflf = wfl.reshape(-1)
     ng = x.shape[1]
     regs = np.zeros(pipe, np.int64)                 # the accumulators of the final reduction, in its order
     lane_ch = (ch + po) % lane_num
+    ybuf = np.zeros(tile, np.int32)                 # a channel's outputs and flags (final pass)
+    fbuf = np.zeros(tile, np.uint8)
     Fw = F.view(np.uint64)
     pq = np.zeros(tile * kmax, np.int64)            # the adds of a step the second pass redoes
     pk = np.zeros(tile * kmax, np.int64)
     evq = np.zeros(tile, np.int64)                  # positions with fault records at the step
     for item in range(i0, i1):
-        j = item // tiles
-        p0 = (item % tiles) * tile
+        j = item // (tiles * chunks)
+        p0 = (item // chunks % tiles) * tile
         nq = min(tile, npos - p0)
-        k0, k1 = gseg[j], gseg[j + 1]
+        k0 = gseg[j] + (item % chunks) * kch
+        k1 = min(gseg[j + 1], k0 + kch)
         kc = k1 - k0
-        if kc == 0:
+        if kc <= 0:
             continue
         lates = 0
         nspec = 0
@@ -510,19 +558,20 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
                 spec_k[nspec] = k
                 nspec += 1
         kt = 31                                    # the smallest filter horizon of the tile's images
+        kf_final = 31                              # ... and of the final reduction
         for q in range(nq):
             p = p0 + q
             pn[q] = imgs[p // (ho * wo)]
             py[q] = (p // wo) % ho
             px[q] = p % wo
             kt = min(kt, kf[pn[q], 0])
+            kf_final = min(kf_final, kf[pn[q], 1])
             iy0[q] = py[q] * sh - ph
             ix0[q] = px[q] * sw - pw
             xbase[q] = ((pn[q] * ng + j) * cb * h + iy0[q]) * w * vec + ix0[q] * vec
             qmin[q] = NO_STEP
             qflag[q] = 0
             for k in range(kc):
-                dl[q, k] = 0
                 if has_ev:
                     nxt[q, k] = NO_STEP
                     key = ((pn[q] * o_total + ch[k0 + k]) * ho + py[q]) * wo + px[q]
@@ -534,6 +583,7 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
                     nxt[q, k] = _next_step(a0, a1, ev_t, ev_site, b0, b1, rt_t)
                     qmin[q] = min(qmin[q], nxt[q, k])
         abuf[:] = 0
+        dl[:] = 0
         wm_t, kbit_t = window_masks(kt)
         tmin = NO_STEP                             # the tile's next step with fault records
         for q in range(nq):
@@ -565,7 +615,10 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
             nevq = 0
             nfk = 0
             if posmajor and any_nz:
-                nfk = _pos_pass(xf, vec, tile, wfl, t, k0, kc, abuf, r, kmax, F, mq, nq, wm_t, kbit_t, fks)
+                for v in range(vec):
+                    for k in range(kc):
+                        wstep[v, k] = wfl[t, v, k0 + k]
+                nfk = _pos_pass(xf, vec, tile, wstep, kc, abuf, r, kmax, F, mq, nq, wm_t, kbit_t, fks)
             if posmajor and nspec == 0 and not (has_ev and tmin == t):
                 for i in range(nfk):               # the common case: the flagged adds only
                     k = fks[i]
@@ -603,8 +656,8 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
                                 flagged = _tree_pass(xq[q], wc[t], k0, kc, mv, flk, tsh, tfill)
                                 flagged = _acc_pass(Ac[q, r], mv, flk, kc, K, np.uint8(255)) or flagged
                             elif K >= 16:
-                                flagged = _scan_pass(xq, q, wfl, t, k0, kc, abuf, (q * pipe + r) * kmax, flk, mvf,
-                                                     wm_or[n], kbit[n])
+                                flagged = _scan_pass(xq, q, wflf, vec, wfl.shape[2], t, k0, kc, abuf,
+                                                     (q * pipe + r) * kmax, flk, mvf, wm_or[n], kbit[n])
                             else:
                                 _dot_pass(xq[q], wc[t], k0, kc, mv)
                                 flagged = _acc_pass(Ac[q, r], mv, flk, kc, K, np.uint8(0))
@@ -688,7 +741,7 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
                     Ap[r, k, q] = s
                 else:
                     Ac[q, r, k] = s
-                dl[q, k] += s - (a + mk)
+                dl[k, q] = np.int32(dl[k, q] + (s - (a + mk)))
                 if has_ev:
                     pm[q, k, 0], pm[q, k, 2] = e, f
                     nxt[q, k] = _next_step(e, e1, ev_t, ev_site, f, f1, rt_t)
@@ -704,14 +757,23 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
         # 8. final reduction, 9. final flips, then the output conversion (no divisions in the inner loop)
         for i in range(pipe):
             regs[i] = (steps - 1 - i) % pipe
+        plain = posmajor and not has_ev and nsh >= 1 and kf_final >= 31
         for k in range(kc):
             o = ch[k0 + k]
             lane = (o + po) % lane_num
             ob, oi = o // vec_out, o % vec_out
+            if plain:
+                # no late final adds and no final flips: the sums and conversions of all positions at once
+                _final_pass(abuf, regs, min(pipe, steps), kmax, tile, k, dlf, rb[o], nsh, relu, nq, ybuf, fbuf)
+                for q in range(nq):
+                    out[pn[q], ob, py[q], px[q], oi] = ybuf[q]
+                    if fbuf[q] != 0:
+                        flags[pn[q], o, py[q], px[q]] |= fbuf[q]
+                continue
             for q in range(nq):
                 n = pn[q]
                 S = np.int64(Ap[regs[0], k, q] if posmajor else Ac[q, regs[0], k])
-                delta = dl[q, k]
+                delta = np.int64(dl[k, q])
                 for i in range(1, pipe):
                     u = np.int64(0)
                     if steps - 1 - i >= 0:

@@ -27,17 +27,26 @@ def float_weights(wc):
 
 POS_TILE = 128                     # positions per tile of the position-major first pass
 POS_MIN = 64                       # ... used from this many positions per launch
+MIN_ITEMS = 4                      # channel-major: chunks of channels so that a launch has this many items ...
+MIN_CHUNK = 1024                   # ... of at least this many channels each (shorter: measured slower)
 
 
-def layout(npos, kf):
-    """(positions per tile, position-major) of mac.loop_tiles for npos positions and filter horizons kf (N, 3).
+def layout(npos, kf, group, og):
+    """(positions per tile, position-major, channels per item) of mac.loop_tiles for npos positions of `group`
+    groups of og channels, and filter horizons kf (N, 3).
 
     Position-major (the tile's positions in the vector lanes, one channel at a time) keeps the lanes full for
     any channel count; it needs the window test (every filter horizon >= 16) and no adder-tree adds. Layers with
-    few positions (an FC layer's batch) run position by position with the channels in the lanes."""
+    few positions (an FC layer's batch) run position by position with the channels in the lanes, in tiles of
+    about equal size, and their channels are cut into chunks so that every thread gets several items (an FC
+    layer at batch 10 was two tiles of 8 and 2 positions: one thread did most of the work)."""
     if npos >= POS_MIN and (kf[:, 0] >= 16).all() and (kf[:, 2] >= 31).all():
-        return POS_TILE, True
-    return TILE, False
+        return POS_TILE, True, max(og, 1)
+    tiles = -(-npos // (2 * TILE))                # up to 2 TILE positions read each weight once
+    tile = -(-npos // tiles) if npos else TILE
+    chunks = max(1, -(-MIN_ITEMS // (group * tiles)))
+    kch = max(-(-og // chunks), MIN_CHUNK, 1)
+    return tile, False, kch
 
 
 def _no_records():
@@ -68,14 +77,15 @@ def run_loop(x, wc, ch, imgs, rb, stage, hw, out, flags=None, timing=None, mac_r
     flags = np.zeros((g.N, g.O, g.Ho, g.Wo), np.uint8) if flags is None else flags
     gseg = np.searchsorted(ch, np.arange(g.group + 1) * g.Og).astype(np.int64)
     npos = len(imgs) * g.Ho * g.Wo
-    tile, posmajor = layout(npos, timing[5])
-    items = g.group * (-(-npos // tile))
+    tile, posmajor, kch = layout(npos, timing[5], g.group, g.Og)
+    chunks = max(1, int((-(-np.diff(gseg) // kch)).max(initial=1)))     # as loop_tiles counts them
+    items = g.group * (-(-npos // tile)) * chunks
     late = np.zeros(items, np.int64)
     widths = np.array([hw.width_product, hw.width_accumulator, hw.width_final], np.int64)
-    split(loop_tiles, items, len(imgs) * g.Ho * g.Wo * len(ch) * g.L * g.vec, x, wc, wf, ch, gseg, imgs, rb, g.O, g.po,
-          hw.lane_num, g.pipe, g.Kh, g.Kw, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.Ho, g.Wo, stage.fmt.n,
-          stage.relu, widths, *timing, mac_rec["key"], mac_rec["t"], mac_rec["site"], mac_rec["bit"],
-          rate_rec["key"], rate_rec["t"], rate_rec["bit"], *stuck[0], *stuck[1], *stuck[2], spec, tile, posmajor, out, flags, late)
+    split(loop_tiles, items, npos * len(ch) * g.L * g.vec, x, wc, wf, ch, gseg, imgs, rb, g.O, g.po, hw.lane_num,
+          g.pipe, g.Kh, g.Kw, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.Ho, g.Wo, stage.fmt.n, stage.relu, widths,
+          *timing, mac_rec["key"], mac_rec["t"], mac_rec["site"], mac_rec["bit"], rate_rec["key"], rate_rec["t"],
+          rate_rec["bit"], *stuck[0], *stuck[1], *stuck[2], spec, tile, posmajor, kch, out, flags, late)
     return int(late.sum())
 
 
