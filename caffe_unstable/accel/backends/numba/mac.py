@@ -594,32 +594,34 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
             kx = t % kw
             r = t % pipe
             rp = (t - 1) % pipe
-            any_nz = False
             xoff = (gb * h + ky) * w * vec + kx * vec
-            for q in range(nq):
-                iy = iy0[q] + ky
-                ix = ix0[q] + kx
-                nz = False
-                inside = 0 <= iy < h and 0 <= ix < w
-                for v in range(vec):
-                    xv = xflat[xbase[q] + xoff + v] if inside else 0
-                    xq[q, v] = xv
-                    nz |= xv != 0
-                    if posmajor:
-                        xf[v * tile + q] = xv
-                nzq[q] = nz
-                any_nz |= nz
+            if posmajor:                           # the inputs as (vec, positions) floats only
+                for q in range(nq):
+                    inside = 0 <= iy0[q] + ky < h and 0 <= ix0[q] + kx < w
+                    b = xbase[q] + xoff
+                    for v in range(vec):
+                        xf[v * tile + q] = xflat[b + v] if inside else 0
+            else:
+                for q in range(nq):
+                    nz = False
+                    inside = 0 <= iy0[q] + ky < h and 0 <= ix0[q] + kx < w
+                    for v in range(vec):
+                        xv = xflat[xbase[q] + xoff + v] if inside else 0
+                        xq[q, v] = xv
+                        nz |= xv != 0
+                    nzq[q] = nz
             # the first pass (m_t, the add and a superset of the late adds), then the list of adds the second
             # pass redoes: (q, k) pairs, flagged or with fault records or stuck bits at this step
             npair = 0
             nevq = 0
             nfk = 0
-            if posmajor and any_nz:
+            if posmajor:
                 for v in range(vec):
                     for k in range(kc):
                         wstep[v, k] = wfl[t, v, k0 + k]
                 nfk = _pos_pass(xf, vec, tile, wstep, kc, abuf, r, kmax, F, mq, nq, wm_t, kbit_t, fks)
-            if posmajor and nspec == 0 and not (has_ev and tmin == t):
+            rare = not posmajor or nspec > 0 or (has_ev and tmin == t)     # xq and nzq hold this step's inputs
+            if not rare:
                 for i in range(nfk):               # the common case: the flagged adds only
                     k = fks[i]
                     for wi in range((nq + 7) // 8):
@@ -630,6 +632,13 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
                                 pq[npair], pk[npair] = q, k
                                 npair += 1
             else:
+                if posmajor:                       # the per-position inputs the rest reads
+                    for q in range(nq):
+                        nz = False
+                        for v in range(vec):
+                            xq[q, v] = np.int64(xf[v * tile + q])
+                            nz |= xq[q, v] != 0
+                        nzq[q] = nz
                 for i in range(nfk):
                     bf = fks[i] * tile
                     for q in range(nq):
@@ -687,11 +696,14 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
             for ip in range(npair):
                 q, k = pq[ip], pk[ip]
                 n = pn[q]
-                nz = nzq[q]
-                tree = nz and kf[n, 2] < 31
                 K = kf[n, 0]
                 mk = np.int64(0)
-                if nz:
+                tree = False
+                if not rare:                       # position-major, no records or stuck bits: xf holds x
+                    for v in range(vec):
+                        mk += np.int64(xf[v * tile + q]) * np.int64(wc[t, v, k0 + k])
+                elif nzq[q]:
+                    tree = kf[n, 2] < 31
                     for v in range(vec):
                         mk += xq[q, v] * np.int64(wc[t, v, k0 + k])
                 a = _wrap32(np.int64(Ap[r, k, q] if posmajor else Ac[q, r, k]) - mk)
