@@ -25,6 +25,10 @@ GAMMA = np.uint64(0x9E3779B97F4A7C15)
 MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 MIX2 = np.uint64(0x94D049BB133111EB)
 TILE = 8                # output positions per tile
+DEBRUIJN_MUL = np.uint64(0x03F79D71B4CB0A89)       # bit index of a power of two: DEBRUIJN[(b * MUL) >> 58]
+DEBRUIJN = np.zeros(64, np.int64)
+for _i in range(64):
+    DEBRUIJN[((1 << _i) * 0x03F79D71B4CB0A89 & 0xFFFFFFFFFFFFFFFF) >> 58] = _i
 NO_STEP = 1 << 30       # "no more fault records" for an output
 
 
@@ -82,10 +86,10 @@ def _late(a, b, K):
     run = np.int64(M32)            # run_K by doubling (faults.md §5.2): R_2n = R_n & (R_n << n)
     rn = (p << 1) & M32
     off = 0
-    for i in range(5):
-        if K & (1 << i):
-            run &= (rn << off) & M32
-            off += 1 << i
+    for i in range(5):                 # branch-free: K's bits are data here (per-add jitter)
+        bit = (K >> i) & 1
+        run &= ((rn << off) & M32) | ((bit - 1) & M32)
+        off += bit << i
         rn &= (rn << (1 << i)) & M32
     return c & run
 
@@ -624,13 +628,17 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
             if not rare:
                 for i in range(nfk):               # the common case: the flagged adds only
                     k = fks[i]
-                    for wi in range((nq + 7) // 8):
-                        if Fw[(k * tile) // 8 + wi] == 0:
-                            continue
-                        for q in range(wi * 8, min(nq, wi * 8 + 8)):
-                            if F[k * tile + q] != 0:
-                                pq[npair], pk[npair] = q, k
-                                npair += 1
+                    wb = (k * tile) >> 3
+                    for wi in range((nq + 7) >> 3):
+                        fwd = Fw[wb + wi]          # 8 flags (bytes 0 or 1); their set bits one by one:
+                        if wi * 8 + 8 > nq:        # (no branch per position, which mispredicted)
+                            fwd &= (np.uint64(1) << np.uint64(8 * (nq - wi * 8))) - np.uint64(1)
+                        while fwd != 0:
+                            low = fwd & (~fwd + np.uint64(1))
+                            pq[npair] = wi * 8 + (DEBRUIJN[(low * DEBRUIJN_MUL) >> np.uint64(58)] >> 3)
+                            pk[npair] = k
+                            npair += 1
+                            fwd ^= low
             else:
                 if posmajor:                       # the per-position inputs the rest reads
                     for q in range(nq):
@@ -711,7 +719,7 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
                 lane = lane_ch[k0 + k]
                 ctr_step = ((o * ho + py[q]) * wo + px[q]) * steps + t
                 prev = np.int64(0)
-                if t > 0:
+                if mode == 1 and t > 0:            # stale reads the lane's previous result
                     prev = a if pipe == 1 else np.int64(Ap[rp, k, q] if posmajor else Ac[q, rp, k])
                 m = mk
                 if spec[k0 + k] != 0 or tree:
@@ -732,9 +740,7 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
                         m = _force(m, np.int64(sp_bit[s_]), np.int64(sp_val[s_]), wp)
                 late = np.int64(0)
                 if _maybe_late(a, m, K):
-                    Ka = _horizon(jit, n, lane, ctr_step * 4, 0, False, k_lane, th, keys)
-                    if _maybe_late(a, m, Ka):
-                        late = _late(a, m, Ka)
+                    late = _late(a, m, _horizon(jit, n, lane, ctr_step * 4, 0, False, k_lane, th, keys))
                 s = _ch_add(a, m, late, mode, prev)
                 if late != 0:
                     lates += 1
