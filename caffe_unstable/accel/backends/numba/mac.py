@@ -467,6 +467,25 @@ def _final_pass(abuf, regs, nreg, kmax, tile, k, dl, rb, nsh, relu, nq, ybuf, fb
         fbuf[q] = np.uint8((y != yc) * 2 + ((r1 >= 128) | (r1 <= -129)) * 4)
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _gather_words(xw, xbase, iy0, ix0, ky, kx, h, w, wofs, xf, bx, tile, nq):
+    """Four vec slots of every position of a tile at one step (zero outside the image) into xf[bx + v tile + q]
+    as floats: one int32 word per position (the slots are contiguous), split by shifts, so that the loop
+    vectorises (a gather of words) instead of loading bytes one by one."""
+    bx = np.uint64(bx)
+    t1, t2, t3 = np.uint64(tile), np.uint64(2 * tile), np.uint64(3 * tile)
+    for q in range(np.uint64(nq)):
+        iy = iy0[q] + ky
+        ix = ix0[q] + kx
+        inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+        idx = ((xbase[q] >> 2) + wofs) if inside else 0
+        wd = np.int32(xw[idx]) if inside else np.int32(0)
+        xf[bx + q] = np.float32(np.int32(wd << 24) >> 24)
+        xf[bx + t1 + q] = np.float32(np.int32(wd << 16) >> 24)
+        xf[bx + t2 + q] = np.float32(np.int32(wd << 8) >> 24)
+        xf[bx + t3 + q] = np.float32(wd >> 24)
+
+
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, kw, sh, sw, ph, pw, ho, wo, nsh, relu,
                widths, jit, k_lane, th, keys, mode, kf, slack_fin, slack_tree, ev_key, ev_t, ev_site, ev_bit,
@@ -536,6 +555,7 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
     ix0 = np.zeros(tile, np.int64)
     xbase = np.zeros(tile, np.int64)                # flat offset of x[n, j, 0, iy0, ix0, 0]
     xflat = x.reshape(-1)
+    xw = xflat.view(np.int32)                       # 4 vec slots per word (VEC is a multiple of 4)
     wflf = wfl.reshape(-1)
     ng = x.shape[1]
     regs = np.zeros(pipe, np.int64)                 # the accumulators of the final reduction, in its order
@@ -600,11 +620,8 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
             rp = (t - 1) % pipe
             xoff = (gb * h + ky) * w * vec + kx * vec
             if posmajor:                           # the inputs as (vec, positions) floats only
-                for q in range(nq):
-                    inside = 0 <= iy0[q] + ky < h and 0 <= ix0[q] + kx < w
-                    b = xbase[q] + xoff
-                    for v in range(vec):
-                        xf[v * tile + q] = xflat[b + v] if inside else 0
+                for i in range(vec >> 2):
+                    _gather_words(xw, xbase, iy0, ix0, ky, kx, h, w, (xoff >> 2) + i, xf, 4 * i * tile, tile, nq)
             else:
                 for q in range(nq):
                     nz = False
