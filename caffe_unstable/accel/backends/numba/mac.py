@@ -491,18 +491,19 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
                widths, jit, k_lane, th, keys, mode, kf, slack_fin, slack_tree, ev_key, ev_t, ev_site, ev_bit,
                rt_key, rt_t, rt_bit, sm_lane, sm_vec, sm_bit, sm_val, sp_lane, sp_bit, sp_val, sa_lane, sa_bit,
                sa_val, spec, tile, posmajor, kch, out, flags, late_count, i0, i1):
-    """Items [i0, i1) of (group, tile): every output (n, ch[k], y, x) of the tile's positions through the §1.2 loop.
+    """Items [i0, i1) of (group, tile, channel chunk): every output (n, ch[k], y, x) of the tile's positions and
+    the chunk's channels through the §1.2 loop.
 
     x (N, group, Cb, H, W, VEC) int8; wc (L, VEC, Kc) int8 the weights of channels ch (global o, sorted; group j
     holds ch[gseg[j]:gseg[j+1]]), wfl the same as float32 (or wc itself for big layers, mac_run.float_weights);
-    imgs: the images; kf (N, 3) the filter horizon of sites accumulate,
-    final_reduce, adder_tree (>= 31: the site never has a late add); ev_*/rt_*: MAC-flip and rate records keyed
-    ((n O + o) Ho + y) Wo + x, sorted; sm_/sp_/sa_: stuck multiplier, product, accumulator entries; spec[k]: the
-    lane of ch[k] has stuck bits; tile: positions per tile; kch: channels per item (an item is a group's tile
-    and chunk of channels); posmajor: the first pass runs channel by channel with
-    the tile's positions in the vector lanes (mac_run.layout; only without adder-tree adds and with filter
-    horizons >= 16), else position by position with the channels in the lanes. Writes out (N, Ob, Ho, Wo, VECo) int8, flags (N, O, Ho, Wo) (1 hit, 2 changed
-    from the clean value of these operands, 4 saturated) and late_count[item].
+    imgs: the images; kf (N, 3) the filter horizon of sites accumulate, final_reduce, adder_tree (>= 31: the
+    site never has a late add); ev_*/rt_*: MAC-flip and rate records keyed ((n O + o) Ho + y) Wo + x, sorted;
+    sm_/sp_/sa_: stuck multiplier, product, accumulator entries; spec[k]: the lane of ch[k] has stuck bits;
+    tile: positions per tile; posmajor: the first pass runs channel by channel with the tile's positions in the
+    vector lanes (only without adder-tree adds and with filter horizons >= 16), else position by position with
+    the channels in the lanes; kch: channels per chunk (mac_run.layout chooses the three). Writes out
+    (N, Ob, Ho, Wo, VECo) int8, flags (N, O, Ho, Wo) (1 hit, 2 changed from the clean value of these operands,
+    4 saturated) and late_count[item].
 
     The clean value needs no second sum: every register is the sum of its inputs plus the changes faults made
     on the way (modular adds pass them on unchanged), so clean S = faulty S - the changes, which only the second
@@ -685,7 +686,7 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
                         flagged = False
                         if nz:
                             # all channels of one position at once (small helpers whose loops LLVM vectorises)
-                            if nz and kf[n, 2] < 31:
+                            if kf[n, 2] < 31:
                                 tsh, tfill = run_masks(kf[n, 2])
                                 flagged = _tree_pass(xq[q], wc[t], k0, kc, mv, flk, tsh, tfill)
                                 flagged = _acc_pass(Ac[q, r], mv, flk, kc, K, np.uint8(255)) or flagged
