@@ -313,41 +313,43 @@ def window_masks(K):
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy", inline="always")
-def _quad_sums(x0, x1, x2, x3, W, bw, kw, kc, mvf, first):
-    """mvf[:kc] (+)= the products of four vec slots with the weights of kc channels, float32, exact; the
-    channels' weights of the four slots are W[bw + i kw + k], i = 0 .. 3 (flat, uint64: see _pos_last)."""
-    b0 = np.uint64(bw)
-    b1, b2, b3 = b0 + np.uint64(kw), b0 + np.uint64(2 * kw), b0 + np.uint64(3 * kw)
+def _quad_sums(s0, s1, s2, s3, R, base, stride, n, out, first):
+    """out[:n] (+)= s0 R0 + s1 R1 + s2 R2 + s3 R3 in float32, where Ri[j] = R[base + i stride + j]: the products of
+    four vec slots, exact (integers below 2^24). Channel-major: the scalars are a position's inputs and the rows
+    the channels' weights (int8 or float32); position-major, the other way round. Flat unsigned indices: LLVM
+    gathers rows picked by run-time indices, and signed ones carry numpy's wraparound."""
+    b0 = np.uint64(base)
+    b1, b2, b3 = b0 + np.uint64(stride), b0 + np.uint64(2 * stride), b0 + np.uint64(3 * stride)
     if first:
-        for k in range(np.uint64(kc)):
-            mvf[k] = x0 * np.float32(W[b0 + k]) + x1 * np.float32(W[b1 + k]) + x2 * np.float32(W[b2 + k]) \
-                + x3 * np.float32(W[b3 + k])
+        for j in range(np.uint64(n)):
+            out[j] = s0 * np.float32(R[b0 + j]) + s1 * np.float32(R[b1 + j]) + s2 * np.float32(R[b2 + j]) \
+                + s3 * np.float32(R[b3 + j])
     else:
-        for k in range(np.uint64(kc)):
-            mvf[k] += x0 * np.float32(W[b0 + k]) + x1 * np.float32(W[b1 + k]) + x2 * np.float32(W[b2 + k]) \
-                + x3 * np.float32(W[b3 + k])
+        for j in range(np.uint64(n)):
+            out[j] += s0 * np.float32(R[b0 + j]) + s1 * np.float32(R[b1 + j]) + s2 * np.float32(R[b2 + j]) \
+                + s3 * np.float32(R[b3 + j])
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy", inline="always")
-def _scan_last(x0, x1, x2, x3, W, bw, kw, kc, A, ba, flk, mvf, more, wm_or, kbit):
-    """The last quad of m_t, the add into A[ba + k] and the window test (window_masks) into flk, in one loop;
-    returns whether any add is flagged."""
-    b0 = np.uint64(bw)
-    b1, b2, b3 = b0 + np.uint64(kw), b0 + np.uint64(2 * kw), b0 + np.uint64(3 * kw)
-    ba = np.uint64(ba)
+def _quad_add_test(s0, s1, s2, s3, R, base, stride, n, A, ba, F, bf, part, more, wm_or, kbit):
+    """The last quad of m_t (as _quad_sums, plus part[j] when `more`), the int32 add into A[ba + j] and the
+    window test (window_masks) into F[bf + j], for j < n in one loop; returns whether any add is flagged."""
+    b0 = np.uint64(base)
+    b1, b2, b3 = b0 + np.uint64(stride), b0 + np.uint64(2 * stride), b0 + np.uint64(3 * stride)
+    ba, bf = np.uint64(ba), np.uint64(bf)
     anyf = np.uint8(0)
-    for k in range(np.uint64(kc)):
-        mf = x0 * np.float32(W[b0 + k]) + x1 * np.float32(W[b1 + k]) + x2 * np.float32(W[b2 + k]) \
-            + x3 * np.float32(W[b3 + k])
+    for j in range(np.uint64(n)):
+        mf = s0 * np.float32(R[b0 + j]) + s1 * np.float32(R[b1 + j]) + s2 * np.float32(R[b2 + j]) \
+            + s3 * np.float32(R[b3 + j])
         if more:
-            mf += mvf[k]
+            mf += part[j]
         m = np.int32(mf)
-        a = A[ba + k]
+        a = A[ba + j]
         s = np.int32(a + m)
         fl = np.uint8((((a ^ m) | wm_or) == np.int32(-1)) & (((s ^ a ^ m) & kbit) != 0))
-        flk[k] = fl
+        F[bf + j] = fl
         anyf = np.uint8(anyf | fl)
-        A[ba + k] = s
+        A[ba + j] = s
     return anyf != 0
 
 
@@ -368,46 +370,9 @@ def _scan_pass(xq, q, wflat, vec, kw, t, k0, kc, abuf, ba, flk, mvf, wm_or, kbit
         _quad_sums(np.float32(xq[q, v]), np.float32(xq[q, v + 1]), np.float32(xq[q, v + 2]),
                    np.float32(xq[q, v + 3]), wflat, (t * vec + v) * kw + k0, kw, kc, mvf, v == 0)
     v = vec - 4
-    return _scan_last(np.float32(xq[q, v]), np.float32(xq[q, v + 1]), np.float32(xq[q, v + 2]),
-                      np.float32(xq[q, v + 3]), wflat, (t * vec + v) * kw + k0, kw, kc, abuf, ba, flk, mvf, vec > 4,
-                      wm_or, kbit)
-
-
-@njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy", inline="always")
-def _pos_quad(xf, bx, tile, w0, w1, w2, w3, mq, nq, first):
-    """mq[:nq] (+)= the products of four vec slots of every position with one channel's weights w0 .. w3
-    (float32, exact); slot v of position q is xf[bx + v tile + q]."""
-    b0 = np.uint64(bx)
-    b1, b2, b3 = b0 + np.uint64(tile), b0 + np.uint64(2 * tile), b0 + np.uint64(3 * tile)
-    if first:
-        for q in range(np.uint64(nq)):
-            mq[q] = xf[b0 + q] * w0 + xf[b1 + q] * w1 + xf[b2 + q] * w2 + xf[b3 + q] * w3
-    else:
-        for q in range(np.uint64(nq)):
-            mq[q] += xf[b0 + q] * w0 + xf[b1 + q] * w1 + xf[b2 + q] * w2 + xf[b3 + q] * w3
-
-
-@njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy", inline="always")
-def _pos_last(xf, bx, tile, w0, w1, w2, w3, A, ba, F, bf, mq, more, nq, wm_or, kbit):
-    """The last quad of m_t for every position of one channel, the add into A[ba + q] and the window test into
-    F[bf + q]; returns whether any add is flagged (the position-major twin of _scan_last). Flat uint64 indices:
-    LLVM gathers rows indexed by run-time values."""
-    b0 = np.uint64(bx)
-    b1, b2, b3 = b0 + np.uint64(tile), b0 + np.uint64(2 * tile), b0 + np.uint64(3 * tile)
-    ba, bf = np.uint64(ba), np.uint64(bf)
-    anyf = np.uint8(0)
-    for q in range(np.uint64(nq)):
-        mf = xf[b0 + q] * w0 + xf[b1 + q] * w1 + xf[b2 + q] * w2 + xf[b3 + q] * w3
-        if more:
-            mf += mq[q]
-        m = np.int32(mf)
-        a = A[ba + q]
-        s = np.int32(a + m)
-        fl = np.uint8((((a ^ m) | wm_or) == np.int32(-1)) & (((s ^ a ^ m) & kbit) != 0))
-        F[bf + q] = fl
-        anyf = np.uint8(anyf | fl)
-        A[ba + q] = s
-    return anyf != 0
+    return _quad_add_test(np.float32(xq[q, v]), np.float32(xq[q, v + 1]), np.float32(xq[q, v + 2]),
+                          np.float32(xq[q, v + 3]), wflat, (t * vec + v) * kw + k0, kw, kc, abuf, ba, flk, 0, mvf,
+                          vec > 4, wm_or, kbit)
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
@@ -422,10 +387,10 @@ def _pos_pass(xf, vec, tile, wt, kc, abuf, r, kmax, F, mq, nq, wm_or, kbit, fks)
     nf = 0
     for k in range(kc):
         for v in range(0, vec - 4, 4):
-            _pos_quad(xf, v * tile, tile, wt[v, k], wt[v + 1, k], wt[v + 2, k], wt[v + 3, k], mq, nq, v == 0)
+            _quad_sums(wt[v, k], wt[v + 1, k], wt[v + 2, k], wt[v + 3, k], xf, v * tile, tile, nq, mq, v == 0)
         v = vec - 4
-        if _pos_last(xf, v * tile, tile, wt[v, k], wt[v + 1, k], wt[v + 2, k], wt[v + 3, k], abuf,
-                     (r * kmax + k) * tile, F, k * tile, mq, vec > 4, nq, wm_or, kbit):
+        if _quad_add_test(wt[v, k], wt[v + 1, k], wt[v + 2, k], wt[v + 3, k], xf, v * tile, tile, nq, abuf,
+                          (r * kmax + k) * tile, F, k * tile, mq, vec > 4, wm_or, kbit):
             fks[nf] = k
             nf += 1
     return nf
@@ -596,17 +561,15 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
             xbase[q] = ((pn[q] * ng + j) * cb * h + iy0[q]) * w * vec + ix0[q] * vec
             qmin[q] = NO_STEP
             qflag[q] = 0
-            for k in range(kc):
-                if has_ev:
-                    nxt[q, k] = NO_STEP
-                    key = ((pn[q] * o_total + ch[k0 + k]) * ho + py[q]) * wo + px[q]
-                    a0 = np.searchsorted(ev_key, key)
-                    a1 = np.searchsorted(ev_key, key, side="right")
-                    b0 = np.searchsorted(rt_key, key)
-                    b1 = np.searchsorted(rt_key, key, side="right")
-                    pm[q, k, 0], pm[q, k, 1], pm[q, k, 2], pm[q, k, 3] = a0, a1, b0, b1
-                    nxt[q, k] = _next_step(a0, a1, ev_t, ev_site, b0, b1, rt_t)
-                    qmin[q] = min(qmin[q], nxt[q, k])
+            for k in range(kc if has_ev else 0):
+                key = ((pn[q] * o_total + ch[k0 + k]) * ho + py[q]) * wo + px[q]
+                a0 = np.searchsorted(ev_key, key)
+                a1 = np.searchsorted(ev_key, key, side="right")
+                b0 = np.searchsorted(rt_key, key)
+                b1 = np.searchsorted(rt_key, key, side="right")
+                pm[q, k, 0], pm[q, k, 1], pm[q, k, 2], pm[q, k, 3] = a0, a1, b0, b1
+                nxt[q, k] = _next_step(a0, a1, ev_t, ev_site, b0, b1, rt_t)
+                qmin[q] = min(qmin[q], nxt[q, k])
         abuf[:] = 0
         dl[:] = 0
         wm_t, kbit_t = window_masks(kt)
