@@ -451,6 +451,21 @@ def _gather_words(xw, xbase, iy0, ix0, ky, kx, h, w, wofs, xf, bx, tile, nq):
         xf[bx + t3 + q] = np.float32(wd >> 24)
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _site_faults(v, site, t, e, e1, ev_t, ev_site, ev_bit, width, st_lane, st_bit, st_val, lane):
+    """Steps 3 and 6-7 of §1.2 on register value v of one output at step t: the transient flips of `site`
+    (0 product, 1 accumulator) among its records [e, e1) (final records, site 2, are passed over: applied at
+    the end), then the lane's stuck bits of that register. Returns (v, the next record)."""
+    while e < e1 and (ev_site[e] == 2 or (ev_t[e] == t and ev_site[e] == site)):
+        if ev_site[e] == site:
+            v = _flip(v, np.int64(ev_bit[e]), width)
+        e += 1
+    for i in range(len(st_lane)):
+        if st_lane[i] == lane:
+            v = _force(v, np.int64(st_bit[i]), np.int64(st_val[i]), width)
+    return v, e
+
+
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, kw, sh, sw, ph, pw, ho, wo, nsh, relu,
                widths, jit, k_lane, th, keys, mode, kf, slack_fin, slack_tree, ev_key, ev_t, ev_site, ev_bit,
@@ -712,13 +727,7 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
                 e = e1 = f = f1 = 0
                 if has_ev:
                     e, e1, f, f1 = pm[q, k, 0], pm[q, k, 1], pm[q, k, 2], pm[q, k, 3]
-                while e < e1 and (ev_site[e] == 2 or (ev_t[e] == t and ev_site[e] == 0)):
-                    if ev_site[e] == 0:
-                        m = _flip(m, np.int64(ev_bit[e]), wp)
-                    e += 1
-                for s_ in range(len(sp_lane)):
-                    if sp_lane[s_] == lane:
-                        m = _force(m, np.int64(sp_bit[s_]), np.int64(sp_val[s_]), wp)
+                m, e = _site_faults(m, 0, t, e, e1, ev_t, ev_site, ev_bit, wp, sp_lane, sp_bit, sp_val, lane)
                 late = np.int64(0)
                 if _maybe_late(a, m, K):
                     late = _late(a, m, _horizon(jit, n, lane, ctr_step * 4, 0, False, k_lane, th, keys))
@@ -729,13 +738,7 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
                 while f < f1 and rt_t[f] == t:
                     s = _wrap32(s - (np.int64(1) << rt_bit[f]))
                     f += 1
-                while e < e1 and (ev_site[e] == 2 or (ev_t[e] == t and ev_site[e] == 1)):
-                    if ev_site[e] == 1:
-                        s = _flip(s, np.int64(ev_bit[e]), wa)
-                    e += 1
-                for s_ in range(len(sa_lane)):
-                    if sa_lane[s_] == lane:
-                        s = _force(s, np.int64(sa_bit[s_]), np.int64(sa_val[s_]), wa)
+                s, e = _site_faults(s, 1, t, e, e1, ev_t, ev_site, ev_bit, wa, sa_lane, sa_bit, sa_val, lane)
                 if posmajor:
                     Ap[r, k, q] = s
                 else:
