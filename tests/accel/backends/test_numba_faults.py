@@ -305,14 +305,26 @@ def test_late_carry_filters_against_ch_add():
             mac._acc_pass(arow, m.astype(np.int32), flk, n, K, np.uint8(0))
             assert flk[late != 0].all(), K
             assert np.array_equal(arow, ((a + m + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.int32))
-            # the float first passes' test (window_masks): bits 31-K..K of a XOR m all ones, carry into bit K
-            wm_or, kbit = mac.window_masks(K)
-            a32, m32 = a.astype(np.int32), m.astype(np.int32)
-            s32 = (a32.astype(np.int64) + m32).astype(np.int32)
-            test = (((a32 ^ m32) | wm_or) == -1) & (((s32 ^ a32 ^ m32) & kbit) != 0)
+            # the float first passes' add and test (_quad_add_test with window_masks), m_t as 1.0 * m
+            test, acc = _quad_add_test(mac, a, m, mac.window_masks(K))
+            assert np.array_equal(acc, arow), K
             assert test[late != 0].all(), K
             assert test.sum() < 2 * max(1, (late != 0).sum()) + 50, K          # and it is tight
-    assert mac.window_masks(31) == (-1, 0) and mac.window_masks(40) == (-1, 0)
+    for K in (31, 40):                                                          # never fires
+        assert mac.window_masks(K) == 0
+        test, _ = _quad_add_test(mac, np.array([-1, 0, 5, -7, 2 ** 31 - 1]), np.array([1, 0, -5, 7, 1]), 0)
+        assert not test.any()
+
+
+def _quad_add_test(mac, a, m, wm_or):
+    """(flags, sums) of mac._quad_add_test on int32 accumulators a and dot products m (m = 1.0 * m + 0 * ...)."""
+    n = len(a)
+    R = np.zeros(4 * n, np.float32)
+    R[:n] = m
+    A, F = a.astype(np.int32), np.zeros(n, np.uint8)
+    mac._quad_add_test(np.float32(1), np.float32(0), np.float32(0), np.float32(0), R, 0, n, n, A, 0, F, 0,
+                       np.zeros(n, np.float32), False, np.int32(wm_or))
+    return F != 0, A
 
 
 def test_stats_fields_and_events_next_to_a_plan():

@@ -299,17 +299,18 @@ def _acc_pass(arow, mv, flk, kc, K, keep):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def window_masks(K):
-    """(wm_or, kbit) of _scan_pass's test at horizon K (16 <= K <= 30), or a test that never fires (K >= 31).
+    """wm_or of the float first passes' test at horizon K (16 <= K <= 30): an add a + m = s is flagged iff
+    ((p & ~s) | wm_or) == -1, p = a XOR m; for K >= 31, 0, a test that never fires (p = -1 makes s = -1).
 
     A late bit j of a + m (K + 1 <= j <= 31) needs a carry into j that rippled through the K propagate bits
-    j-K .. j-1 (faults.md §5.1), so the carry also arrives at every bit of that run: bits 31-K .. K of p = a XOR m
-    (inside every such run when K >= 16) are all ones, and the carry into bit K, bit K of c = (a + m) XOR p, is
-    set. wm_or sets every bit outside that window, so the first holds iff (p | wm_or) == -1."""
+    j-K .. j-1 (faults.md §5.1), so the carry also arrives at every bit of that run: bits 31-K .. K of p (inside
+    every such run when K >= 16) are all ones and carries arrive at all of them, so those bits of s = p XOR
+    carries are all zeros. wm_or sets every bit outside that window. (With p's window all ones, a carry into
+    bit K, which the window test used to check on its own, is the same thing as s's window all zeros.)"""
     if K >= 31:
-        return np.int32(-1), np.int32(0)
+        return np.int32(0)
     outside = ~(((np.int64(1) << (2 * K - 30)) - 1) << (31 - K)) & M32
-    return np.int32(outside - (np.int64(1) << 32) if outside >= (np.int64(1) << 31) else outside), \
-        np.int32(np.int64(1) << K)
+    return np.int32(outside - (np.int64(1) << 32) if outside >= (np.int64(1) << 31) else outside)
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy", inline="always")
@@ -331,7 +332,7 @@ def _quad_sums(s0, s1, s2, s3, R, base, stride, n, out, first):
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy", inline="always")
-def _quad_add_test(s0, s1, s2, s3, R, base, stride, n, A, ba, F, bf, part, more, wm_or, kbit):
+def _quad_add_test(s0, s1, s2, s3, R, base, stride, n, A, ba, F, bf, part, more, wm_or):
     """The last quad of m_t (as _quad_sums, plus part[j] when `more`), the int32 add into A[ba + j] and the
     window test (window_masks) into F[bf + j], for j < n in one loop; returns whether any add is flagged."""
     b0 = np.uint64(base)
@@ -346,7 +347,7 @@ def _quad_add_test(s0, s1, s2, s3, R, base, stride, n, A, ba, F, bf, part, more,
         m = np.int32(mf)
         a = A[ba + j]
         s = np.int32(a + m)
-        fl = np.uint8((((a ^ m) | wm_or) == np.int32(-1)) & (((s ^ a ^ m) & kbit) != 0))
+        fl = np.uint8((((a ^ m) & ~s) | wm_or) == np.int32(-1))
         F[bf + j] = fl
         anyf = np.uint8(anyf | fl)
         A[ba + j] = s
@@ -354,7 +355,7 @@ def _quad_add_test(s0, s1, s2, s3, R, base, stride, n, A, ba, F, bf, part, more,
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _scan_pass(xq, q, wflat, vec, kw, t, k0, kc, abuf, ba, flk, mvf, wm_or, kbit):
+def _scan_pass(xq, q, wflat, vec, kw, t, k0, kc, abuf, ba, flk, mvf, wm_or):
     """First pass of output position q at step t, K >= 16, channels in the vector lanes (wflat: the (L, vec, kw)
     weights, flat): m_t of every channel
     in float32 (exact: every partial sum is an integer below 2^24, whatever the order), the int32 add into
@@ -372,11 +373,11 @@ def _scan_pass(xq, q, wflat, vec, kw, t, k0, kc, abuf, ba, flk, mvf, wm_or, kbit
     v = vec - 4
     return _quad_add_test(np.float32(xq[q, v]), np.float32(xq[q, v + 1]), np.float32(xq[q, v + 2]),
                           np.float32(xq[q, v + 3]), wflat, (t * vec + v) * kw + k0, kw, kc, abuf, ba, flk, 0, mvf,
-                          vec > 4, wm_or, kbit)
+                          vec > 4, wm_or)
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
-def _pos_pass(xf, vec, tile, wt, kc, abuf, r, kmax, F, mq, nq, wm_or, kbit, fks):
+def _pos_pass(xf, vec, tile, wt, kc, abuf, r, kmax, F, mq, nq, wm_or, fks):
     """The first pass of every position of a tile at one step, channel by channel (positions in the vector
     lanes): the adds into abuf as (pipe, kmax, tile) and the flags into F as (kmax, tile); wt (VEC, channels) the
     step's weights. Writes the flagged channels into fks; returns their count.
@@ -390,7 +391,7 @@ def _pos_pass(xf, vec, tile, wt, kc, abuf, r, kmax, F, mq, nq, wm_or, kbit, fks)
             _quad_sums(wt[v, k], wt[v + 1, k], wt[v + 2, k], wt[v + 3, k], xf, v * tile, tile, nq, mq, v == 0)
         v = vec - 4
         if _quad_add_test(wt[v, k], wt[v + 1, k], wt[v + 2, k], wt[v + 3, k], xf, v * tile, tile, nq, abuf,
-                          (r * kmax + k) * tile, F, k * tile, mq, vec > 4, wm_or, kbit):
+                          (r * kmax + k) * tile, F, k * tile, mq, vec > 4, wm_or):
             fks[nf] = k
             nf += 1
     return nf
@@ -518,9 +519,8 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
     mv = np.zeros(kmax, np.int32)
     mvf = np.zeros(kmax, np.float32)
     wm_or = np.zeros(len(kf), np.int32)          # per image: the first pass's window test at the filter horizon
-    kbit = np.zeros(len(kf), np.int32)
     for n in range(len(kf)):
-        wm_or[n], kbit[n] = window_masks(min(kf[n, 0], 31))
+        wm_or[n] = window_masks(min(kf[n, 0], 31))
     flk = np.zeros(-(-kmax // 8) * 8, np.uint8)   # per channel: the first pass flagged its add (1), records or
     fw = flk.view(np.uint64)                       # stuck bits (2); scanned 8 at a time
     spec_k = np.zeros(kmax, np.int64)
@@ -587,7 +587,7 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
                 qmin[q] = min(qmin[q], nxt[q, k])
         abuf[:] = 0
         dl[:] = 0
-        wm_t, kbit_t = window_masks(kt)
+        wm_t = window_masks(kt)
         tmin = NO_STEP                             # the tile's next step with fault records
         for q in range(nq):
             tmin = min(tmin, qmin[q])
@@ -619,15 +619,22 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
                 for v in range(vec):
                     for k in range(kc):
                         wstep[v, k] = wfl[t, v, k0 + k]
-                nfk = _pos_pass(xf, vec, tile, wstep, kc, abuf, r, kmax, F, mq, nq, wm_t, kbit_t, fks)
+                nfk = _pos_pass(xf, vec, tile, wstep, kc, abuf, r, kmax, F, mq, nq, wm_t, fks)
             rare = not posmajor or nspec > 0 or (has_ev and tmin == t)     # xq and nzq hold this step's inputs
             if not rare:
+                nw8 = np.uint64((nq + 7) >> 3)
                 for i in range(nfk):               # the common case: the flagged adds only
                     k = fks[i]
-                    wb = (k * tile) >> 3
-                    for wi in range((nq + 7) >> 3):
-                        fwd = Fw[wb + wi]          # 8 flags (bytes 0 or 1); their set bits one by one:
-                        if wi * 8 + 8 > nq:        # (no branch per position, which mispredicted)
+                    wb = np.uint64((k * tile) >> 3)
+                    summ = np.uint64(0)            # which of its flag words are nonzero, without a branch each
+                    for wi in range(nw8):
+                        summ |= np.uint64(Fw[wb + wi] != 0) << wi
+                    while summ != 0:
+                        lw = summ & (~summ + np.uint64(1))
+                        wi = DEBRUIJN[(lw * DEBRUIJN_MUL) >> np.uint64(58)]
+                        summ ^= lw
+                        fwd = Fw[wb + np.uint64(wi)]   # 8 flags (bytes 0 or 1); their set bits one by one
+                        if wi * 8 + 8 > nq:
                             fwd &= (np.uint64(1) << np.uint64(8 * (nq - wi * 8))) - np.uint64(1)
                         while fwd != 0:
                             low = fwd & (~fwd + np.uint64(1))
@@ -670,7 +677,7 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
                                 flagged = _acc_pass(Ac[q, r], mv, flk, kc, K, np.uint8(255)) or flagged
                             elif K >= 16:
                                 flagged = _scan_pass(xq, q, wflf, vec, wfl.shape[2], t, k0, kc, abuf,
-                                                     (q * pipe + r) * kmax, flk, mvf, wm_or[n], kbit[n])
+                                                     (q * pipe + r) * kmax, flk, mvf, wm_or[n])
                             else:
                                 _dot_pass(xq[q], wc[t], k0, kc, mv)
                                 flagged = _acc_pass(Ac[q, r], mv, flk, kc, K, np.uint8(0))
