@@ -27,6 +27,22 @@ def _wrap32(v):
     return ((v + 2147483648) & 4294967295) - 2147483648
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _divmod(q, d, inv):
+    """(q // d, q % d) for 0 <= q < 2^51 and d >= 1 through the float reciprocal inv = 1 / d, corrected by one
+    either way: a 64-bit integer division by a run-time value costs tens of cycles here, and the keys of every
+    faulted output are split several times."""
+    est = np.int64(np.float64(q) * inv)
+    r = q - est * d
+    if r < 0:
+        est -= 1
+        r += d
+    elif r >= d:
+        est += 1
+        r -= d
+    return est, r
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _flip_delta(v, b, w):
     """The signed change flip(v, b, w) makes to int32 v (faults.md §1.2)."""
@@ -157,15 +173,16 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
     D = np.zeros(pipe, np.int64)
     pre_t = np.zeros(pipe, np.int64)
     pre_v = np.zeros(pipe, np.int64)
+    i_wo, i_ho, i_o, i_og, i_pipe, i_vo = 1.0 / wo, 1.0 / ho, 1.0 / o_total, 1.0 / og, 1.0 / pipe, 1.0 / vec_out
     for f_i in range(i0, i1):
         key = fo_key[f_i]
-        n = rel_of[key // (wo * ho * o_total)]
+        q, xo = _divmod(key, wo, i_wo)
+        q, y = _divmod(q, ho, i_ho)
+        img, o = _divmod(q, o_total, i_o)
+        n = rel_of[img]
         if n < 0:
             continue
-        xo = key % wo
-        y = (key // wo) % ho
-        o = (key // (wo * ho)) % o_total
-        j = o // og
+        j, _ = _divmod(o, og, i_og)
         xbase = ((n * group + j) * cb * hp * wpd + y * sh * wpd + xo * sw) * nw
         for r in range(pipe):
             D[r] = 0
@@ -180,15 +197,14 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
                 t = rt_t[f]
             if t < 0:
                 break
-            r = t % pipe
+            ti, r = _divmod(t, pipe, i_pipe)
             dm = np.int64(0)
             mt = np.int64(0)
             have_m = False
             while e < e1 and (ev_site[e] == 2 or (ev_t[e] == t and ev_site[e] == 0)):
                 if ev_site[e] == 0:
                     if not have_m:
-                        mt = _chain_sum(xw, xbase, off[r], wcw, (o * pipe + r) * ni * nw, nw, t // pipe,
-                                        t // pipe + 1)
+                        mt = _chain_sum(xw, xbase, off[r], wcw, (o * pipe + r) * ni * nw, nw, ti, ti + 1)
                         have_m = True
                     d = _flip_delta(_wrap32(mt + dm), np.int64(ev_bit[e]), wp)
                     dm += d
@@ -201,7 +217,7 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
                 if ev_site[e] == 1:
                     if pre_t[r] < t:
                         pre_v[r] += _chain_sum(xw, xbase, off[r], wcw, (o * pipe + r) * ni * nw, nw,
-                                               pre_t[r] // pipe + 1, t // pipe + 1)
+                                               (pre_t[r] - r) // pipe + 1, ti + 1)
                         pre_t[r] = t
                     D[r] += _flip_delta(_wrap32(pre_v[r] + D[r]), np.int64(ev_bit[e]), wa)
                 e += 1
@@ -214,7 +230,8 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
             if ev_site[e] == 2:
                 s = _wrap32(s + _flip_delta(s, np.int64(ev_bit[e]), wf))
         yv = _convert(s, rb[o], nsh, relu)
-        out[n, o // vec_out, y, xo, o % vec_out] = yv
+        ob, oi = _divmod(o, vec_out, i_vo)
+        out[n, ob, y, xo, oi] = yv
         flag = 0
         if yv != _convert(clean, rb[o], nsh, relu):
             flag = 2
@@ -231,13 +248,14 @@ def block_index(fo_key, rel_of, o_total, og, hw, npos, group):
     row in this run times hw plus y Wo + x (outputs of images not in the run are left out)."""
     start = np.zeros(group * npos + 1, np.int64)
     slot = np.full(len(fo_key), -1, np.int64)
+    i_hw, i_o, i_og = 1.0 / hw, 1.0 / o_total, 1.0 / og
     for i in range(len(fo_key)):
-        key = fo_key[i]
-        n = rel_of[key // (hw * o_total)]
+        q, pos = _divmod(fo_key[i], hw, i_hw)
+        img, o = _divmod(q, o_total, i_o)
+        n = rel_of[img]
         if n < 0:
             continue
-        o = (key // hw) % o_total
-        slot[i] = (o // og) * npos + n * hw + key % hw
+        slot[i] = _divmod(o, og, i_og)[0] * npos + n * hw + pos
         start[slot[i] + 1] += 1
     for i in range(group * npos):
         start[i + 1] += start[i]
@@ -254,11 +272,13 @@ def block_index(fo_key, rel_of, o_total, og, hw, npos, group):
 def take_clean(acc, wrap, sel, fo_key, fo_clean, rel_of, o_total, og, j, hw, p0):
     """fo_clean of the faulted outputs sel (all in GEMM rows [p0, p0 + len(acc)) of group j): their clean int32
     sums from the block's acc (positions, Og) (float, exact integers; K-chunked float64 sums wrap modulo 2^32)."""
+    i_hw, i_o = 1.0 / hw, 1.0 / o_total
     for i in range(len(sel)):
         f = sel[i]
-        key = fo_key[f]
-        row = rel_of[key // (hw * o_total)] * hw + key % hw - p0
-        v = np.int64(acc[row, (key // hw) % o_total - j * og])
+        q, pos = _divmod(fo_key[f], hw, i_hw)
+        img, o = _divmod(q, o_total, i_o)
+        row = rel_of[img] * hw + pos - p0
+        v = np.int64(acc[row, o - j * og])
         fo_clean[f] = _wrap32(v) if wrap else v
 
 
