@@ -312,7 +312,8 @@ def test_late_carry_filters_against_ch_add():
             assert test.sum() < 2 * max(1, (late != 0).sum()) + 50, K          # and it is tight
     for K in (31, 40):                                                          # never fires
         assert mac.window_masks(K) == 0
-        test, _ = _quad_add_test(mac, np.array([-1, 0, 5, -7, 2 ** 31 - 1]), np.array([1, 0, -5, 7, 1]), 0)
+        a, m = np.array([-1, 0, 5, -7, 2 ** 31 - 1, -2 ** 31]), np.array([1, 0, -5, 7, 1, -1])
+        test, _ = _quad_add_test(mac, a, m, mac.window_masks(K))
         assert not test.any()
 
 

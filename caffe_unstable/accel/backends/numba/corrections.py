@@ -217,7 +217,7 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
                 if ev_site[e] == 1:
                     if pre_t[r] < t:
                         pre_v[r] += _chain_sum(xw, xbase, off[r], wcw, (o * pipe + r) * ni * nw, nw,
-                                               (pre_t[r] - r) // pipe + 1, ti + 1)
+                                               pre_t[r] // pipe + 1, ti + 1)
                         pre_t[r] = t
                     D[r] += _flip_delta(_wrap32(pre_v[r] + D[r]), np.int64(ev_bit[e]), wa)
                 e += 1
