@@ -43,11 +43,20 @@ def copy_threads():
     return THREADS
 
 
-def in_parallel(fn, count, work, pieces=None):
+def guided_bounds(count, threads):
+    """Boundaries of pieces of [0, count) sized by what is left, (count - start) // (2 threads), at least one:
+    few large pieces first, single items at the end, so that the threads finish together."""
+    bounds = [0]
+    while bounds[-1] < count:
+        bounds.append(bounds[-1] + max(1, (count - bounds[-1]) // (2 * threads)))
+    return bounds
+
+
+def in_parallel(fn, count, work, pieces=None, guided=False):
     """fn(a, b) over [0, count) cut into contiguous pieces (`pieces` of them, else PIECES_PER_THREAD per
-    thread), run by the calling thread and the team's threads when `work` floats merit it. fn must release the
-    GIL for the most part (nogil numba kernels, BLAS calls) and may call BLAS: OpenBLAS is held to one thread
-    meanwhile."""
+    thread; guided: guided_bounds, for items that each cost much more than a call), run by the calling thread
+    and the team's threads when `work` floats merit it. fn must release the GIL for the most part (nogil numba
+    kernels, BLAS calls) and may call BLAS: OpenBLAS is held to one thread meanwhile."""
     t = min(copy_threads() if work >= PARALLEL_MIN_FLOATS else 1, count)
     team = _team(t) if t > 1 and not getattr(_IN_TASK, "on", False) else None
     if team is None or not team.busy.acquire(blocking=False):   # another thread has the team: run alone
@@ -56,7 +65,7 @@ def in_parallel(fn, count, work, pieces=None):
         return
     try:
         pieces = min(count, pieces or PIECES_PER_THREAD * t)
-        task = _Task(fn, [count * i // pieces for i in range(pieces + 1)])
+        task = _Task(fn, guided_bounds(count, t) if guided else [count * i // pieces for i in range(pieces + 1)])
         with serial_blas():
             team.start(task)
             mine = task.work()

@@ -20,7 +20,7 @@ def fresh_team(monkeypatch):
         parallel._TEAM[0].stop()
 
 
-def _cover(count, pieces=None, sleep=0.0):
+def _cover(count, pieces=None, sleep=0.0, guided=False):
     """How often each index of [0, count) was visited, and by how many distinct threads."""
     hits = np.zeros(count, np.int64)
     threads = set()
@@ -30,17 +30,27 @@ def _cover(count, pieces=None, sleep=0.0):
         if sleep:
             time.sleep(sleep)   # releases the GIL, as a kernel does
         hits[a:b] += 1
-    parallel.in_parallel(fn, count, 1 << 30, pieces=pieces)
+    parallel.in_parallel(fn, count, 1 << 30, pieces=pieces, guided=guided)
     return hits, threads
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 5])
 @pytest.mark.parametrize("count,pieces", [(1, None), (7, None), (64, 16), (1000, 3)])
-def test_every_index_exactly_once(fresh_team, monkeypatch, threads, count, pieces):
+@pytest.mark.parametrize("guided", [False, True])
+def test_every_index_exactly_once(fresh_team, monkeypatch, threads, count, pieces, guided):
     monkeypatch.setattr(parallel, "THREADS", threads)
     for _ in range(20):
-        hits, _ = _cover(count, pieces)
+        hits, _ = _cover(count, pieces, guided=guided)
         np.testing.assert_array_equal(hits, np.ones(count, np.int64))
+
+
+def test_guided_pieces_shrink_to_single_items():
+    b = parallel.guided_bounds(237, 2)
+    sizes = np.diff(b)
+    assert b[0] == 0 and b[-1] == 237 and sizes[0] == 237 // 4
+    assert (sizes >= 1).all() and (np.diff(sizes) <= 0).all() and sizes[-3:].tolist() == [1, 1, 1]
+    assert len(b) - 1 < 40                  # far fewer calls than items
+    assert parallel.guided_bounds(3, 8) == [0, 1, 2, 3] and parallel.guided_bounds(0, 2) == [0]
 
 
 def test_helpers_take_pieces_spinning_and_after_sleeping(fresh_team, monkeypatch):

@@ -11,7 +11,7 @@ from ...errors import CaffeUnstableError
 from .indexing import decode_model_mac, model_mac_count, site_width
 from .plan import MAC_EVENT_DTYPE, SITES, LayerPlan, mac_events
 from .registers import flip, flip_delta, wrap32
-from . import streams
+from . import mac_records, streams
 from .rng import PassKey, sample_distinct
 
 MAX_RATE = 0.01
@@ -54,7 +54,9 @@ class MacFlip:
         """LayerPlan with the MAC-flip records of every image of `op` (rng: a rng.PassKey).
 
         The draws are per image, in faults.md §4.3's order; turning positions into records is done once for the
-        whole layer (one decode, one sort of one int64 key): per-image NumPy calls cost more than the draws."""
+        whole layer: per-image NumPy calls cost more than the draws. Hardware counts go through one numba pass
+        (mac_records: a counting sort by lane, the draws being sorted already), model counts and geometries too
+        large for it through one sort of one int64 key."""
         lo, hi = self.bit_range(geometry)
         N = self.n_chances(geometry)
         fast = isinstance(rng, PassKey)     # streams.py: the same draws as rng.generator's, seeded in numba
@@ -80,6 +82,15 @@ class MacFlip:
             k, bits, n = np.concatenate(ks), np.concatenate(bs), np.concatenate(ns)
         if not len(k):
             return LayerPlan(op.layer_index, op.layer_name, geometry, mac_events=mac_events([], [], [], [], [], [], []))
+        if self.count == "hardware" and N <= mac_records.MAX_POSITION:
+            ev = np.empty(len(k), MAC_EVENT_DTYPE)
+            g = geometry
+            kept = mac_records.hardware_records(k, bits, n, g["VEC_SIZE"], g["L"], g["LANE_NUM"], g["conv_x"],
+                                                g["conv_y"], g["po"], g["O"], SITES[self.site],
+                                                *(ev[f] for f in MAC_EVENT_DTYPE.names))
+            if kept >= 0:
+                return LayerPlan(op.layer_index, op.layer_name, geometry, mac_events=ev[:kept],
+                                 masked=len(k) - kept)
         (o, y, x, t, bits), masked, valid = _records(k, bits, geometry, self.count)
         ev = sorted_mac_events(n[valid] if masked else n, o, y, x, t, SITES[self.site], bits, geometry)
         return LayerPlan(op.layer_index, op.layer_name, geometry, mac_events=ev, masked=masked)

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from caffe_unstable.accel.backends.numba import NumbaBackend
+from caffe_unstable.accel.backends.numba import NumbaBackend, mac_run
 from caffe_unstable.accel.faults import conv_geometry, k_thresholds, reference_layer
 from caffe_unstable.accel.faults.plan import (MEM_EVENT_DTYPE, RATE_EVENT_DTYPE, STUCK_DTYPE, LayerPlan,
                                               TimingPlan, mac_events, records)
@@ -205,7 +205,6 @@ KIND_SETS = [("mac",), ("rate",), ("mac", "rate"), ("timing",), ("mac", "rate", 
 def loop_layout(request, monkeypatch):
     """Both first passes of the register loop (mac_run.layout): position-major wherever it applies, or never
     (then with the channels cut into chunks of one or two, as FC layers are)."""
-    from caffe_unstable.accel.backends.numba import mac_run
     monkeypatch.setattr(mac_run, "POS_MIN", 1 if request.param == "position-major" else 1 << 40)
     if request.param == "channel-major":
         monkeypatch.setattr(mac_run, "MIN_CHUNK", 1)
@@ -326,6 +325,13 @@ def _quad_add_test(mac, a, m, wm_or):
     mac._quad_add_test(np.float32(1), np.float32(0), np.float32(0), np.float32(0), R, 0, n, n, A, 0, F, 0,
                        np.zeros(n, np.float32), False, np.int32(wm_or))
     return F != 0, A
+
+
+@pytest.mark.parametrize("shape", [(0,), (7,), (8,), (3, 5, 7, 11)])
+def test_flag_counts_equal_numpy(shape):
+    flags = np.random.default_rng(len(shape)).integers(0, 8, shape).astype(np.uint8)
+    assert mac_run.flag_counts(flags) == (int((flags & 1).sum()), int(((flags & 2) != 0).sum()),
+                                          int(((flags & 6) == 6).sum()))
 
 
 def test_stats_fields_and_events_next_to_a_plan():

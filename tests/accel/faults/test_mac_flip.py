@@ -4,10 +4,11 @@ import pytest
 
 from caffe_unstable.accel.faults.indexing import (conv_geometry, decode_mac, decode_model_mac, encode_out,
                                                   model_mac_count)
+from caffe_unstable.accel.faults import mac_flip, mac_records
 from caffe_unstable.accel.faults.mac_flip import MacFlip, corrected_sums
-from caffe_unstable.accel.faults.plan import LayerOp, mac_events
+from caffe_unstable.accel.faults.plan import MAC_EVENT_DTYPE, LayerOp, mac_events
 from caffe_unstable.accel.faults.registers import flip, force, wrap32
-from caffe_unstable.accel.faults.rng import PassKey
+from caffe_unstable.accel.faults.rng import PassKey, sample_distinct
 from caffe_unstable.errors import CaffeUnstableError
 
 from .brute import Faults, register_loop
@@ -137,6 +138,43 @@ def test_sampled_plans_reproduce_layer_vectors(vectors):
                 LayerOp(df["key"][4], layer["name"], 1), layer["geometry"], PassKey(df["seed"], *df["key"][1:4]))
             assert [list(r) for r in lp.mac_events.tolist()] == s["plan"]["mac_events"], (layer["name"], s["name"])
             assert lp.masked == df["masked"]
+
+
+def _sorted_records(k, bits, n, g, site):
+    """The general path: decode, drop padded lanes, one sort of the whole key."""
+    (o, y, x, t, b), masked, valid = mac_flip._records(k, bits, g, "hardware")
+    return mac_flip.sorted_mac_events(n[valid] if masked else n, o, y, x, t, site, b, g), masked
+
+
+def test_hardware_records_match_the_sorted_path():
+    """mac_records' counting sort by lane gives the records and masked count of decoding and sorting every key,
+    on geometries with padded lanes, several flips of one step (dense draws) and several images."""
+    rng = np.random.default_rng(11)
+    runs = 0
+    for _ in range(200):
+        vec, lane = (int(v) for v in rng.choice([4, 8, 16], 2))
+        K = int(rng.integers(1, 4))
+        g = conv_geometry(int(rng.integers(1, 20)), K + int(rng.integers(0, 6)), K + int(rng.integers(0, 6)),
+                          int(rng.integers(1, 40)), K, K, 1, int(rng.integers(0, 2)), 1, vec, lane)
+        N, parts = g["N_MAC"], []
+        for i in range(int(rng.integers(1, 4))):
+            F = int(rng.integers(0, min(N, 400) + 1))
+            parts.append((sample_distinct(rng, N, F), rng.integers(0, 32, F), np.full(F, i, np.int64)))
+        k, bits, n = (np.concatenate([p[j] for p in parts]).astype(np.int64) for j in range(3))
+        site = int(rng.integers(0, 3))
+        ev = np.empty(len(k), MAC_EVENT_DTYPE)
+        kept = mac_records.hardware_records(k, bits, n, vec, g["L"], lane, g["conv_x"], g["conv_y"], g["po"],
+                                            g["O"], site, *(ev[f] for f in MAC_EVENT_DTYPE.names))
+        want, masked = _sorted_records(k, bits, n, g, site)
+        assert kept == len(want) and len(k) - kept == masked
+        assert np.array_equal(ev[:kept], want)
+        runs += int((np.diff(k // vec) == 0).sum())
+    assert runs > 1000                      # flips of one step, whose bits the pass puts in order
+    # positions out of order are refused, not mis-sorted
+    k = np.array([5, 3], np.int64)
+    ev = np.empty(2, MAC_EVENT_DTYPE)
+    assert mac_records.hardware_records(k, k, np.zeros(2, np.int64), 4, 2, 4, 1, 1, 0, 4, 0,
+                                        *(ev[f] for f in MAC_EVENT_DTYPE.names)) == -1
 
 
 def test_model_count_mapping_vectors(vectors):

@@ -5,6 +5,7 @@ it reads: the weights as (L, VEC, channels) matrices, empty record and stuck arr
 the split of (group, tile) items over the ops' threads.
 """
 import numpy as np
+from numba import njit
 
 from .mac import TILE, loop_tiles
 from .threads import split
@@ -49,6 +50,36 @@ def layout(npos, kf, group, og):
     return tile, False, kch
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _popcount(v):
+    """Set bits of uint64 v (SWAR; LLVM turns it into popcnt)."""
+    v = v - ((v >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    v = (v & np.uint64(0x3333333333333333)) + ((v >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    v = (v + (v >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((v * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@njit(cache=True, nogil=True)
+def flag_counts(flags):
+    """(outputs hit, changed, changed and saturated) of the loop's per-output flags (1 a late add, 2 the int8
+    output changed, 4 it saturated), eight flags per word: three NumPy reductions over a layer's outputs cost
+    more than the rest of the launch's bookkeeping."""
+    f = flags.reshape(-1)
+    words = f[:f.size // 8 * 8].view(np.uint64)
+    ones, twos = np.uint64(0x0101010101010101), np.uint64(0x0202020202020202)
+    hit = changed = saturated = 0
+    for w in words:
+        hit += _popcount(w & ones)
+        changed += _popcount(w & twos)
+        saturated += _popcount(w & (w >> np.uint64(1)) & twos)
+    for i in range(words.size * 8, f.size):
+        v = np.int64(f[i])
+        hit += v & 1
+        changed += (v >> 1) & 1
+        saturated += (v >> 1) & (v >> 2) & 1
+    return hit, changed, saturated
+
+
 def _no_records():
     z = np.zeros(0, np.int64)
     return {"key": z, "t": z, "site": z, "bit": z}
@@ -85,7 +116,8 @@ def run_loop(x, wc, ch, imgs, rb, stage, hw, out, flags=None, timing=None, mac_r
     split(loop_tiles, items, npos * len(ch) * g.L * g.vec, x, wc, wf, ch, gseg, imgs, rb, g.O, g.po, hw.lane_num,
           g.pipe, g.Kh, g.Kw, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.Ho, g.Wo, stage.fmt.n, stage.relu, widths,
           *timing, mac_rec["key"], mac_rec["t"], mac_rec["site"], mac_rec["bit"], rate_rec["key"], rate_rec["t"],
-          rate_rec["bit"], *stuck[0], *stuck[1], *stuck[2], spec, tile, posmajor, kch, out, flags, late)
+          rate_rec["bit"], *stuck[0], *stuck[1], *stuck[2], spec, tile, posmajor, kch, out, flags, late,
+          guided=True)
     return int(late.sum())
 
 

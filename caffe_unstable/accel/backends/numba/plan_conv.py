@@ -164,9 +164,10 @@ class PlanConv:
             if len(loop_imgs):
                 used_loop = True
                 late += self._loop(x, wdev, rb, loop_imgs, out, in_loop_rec, flags)
+        hit = 0
         if flags is not None:
-            changed += int(((flags & 2) != 0).sum())
-            saturated += int(((flags & 6) == 6).sum())
+            hit, c, s = mac_run.flag_counts(flags)
+            changed, saturated = changed + c, saturated + s
             if sat is not None:              # the loop's outputs: its own sums, not the GEMM's
                 sat[self.in_loop] = (flags[self.in_loop] & 4) != 0
         if self.memory:
@@ -176,12 +177,12 @@ class PlanConv:
         stats = {"path": "+".join(p for p, used in (("fast", used_fast), ("mac", used_loop)) if used) or "fast",
                  "mac_flips": int(len(lp.mac_events)), "masked": int(lp.masked), "outputs_changed": changed,
                  "outputs_saturated": saturated, "rate_events": int(len(lp.rate_events)), "late_adds": late,
-                 "outputs_hit": int(((flags & 1) != 0).sum()) if flags is not None else 0,
+                 "outputs_hit": int(hit),
                  "weight_flips": int(len(lp.weight_events)), "act_flips": int(len(lp.act_events))}
         only_stuck = not (len(lp.mac_events) or len(lp.rate_events) or lp.timing is not None
                           or len(lp.weight_events) or len(lp.act_events))
         stats["stuck_outputs_changed"] = 0 if not len(lp.stuck) else (changed if only_stuck else None)
-        stats["hit_mask"] = (flags & 1) != 0 if flags is not None else None     # (N, O, Ho, Wo): a late add
+        stats["hit_mask"] = (flags & 1).view(bool) if flags is not None else None    # (N, O, Ho, Wo): a late add
         if mask is not None:
             stats["clean_saturated"] = mask.reshape(g.N, g.O, g.Ho, g.Wo).view(bool)
         if x is not mem["input"]:

@@ -18,11 +18,12 @@ def thread_count():
     return copy_threads()
 
 
-def split(kernel, count, work, *args):
-    """kernel(*args, start, stop) over [0, count), on the ops' threads when `work` merits it."""
+def split(kernel, count, work, *args, guided=False):
+    """kernel(*args, start, stop) over [0, count), on the ops' threads when `work` merits it (guided: pieces
+    shrinking to single items, for items that are each a long computation)."""
     if count <= 0:
         return
     if work < PARALLEL_MIN_WORK or count == 1 or copy_threads() <= 1:
         kernel(*args, 0, count)
         return
-    in_parallel(lambda a, b: kernel(*args, a, b), count, work)
+    in_parallel(lambda a, b: kernel(*args, a, b), count, work, guided=guided)
