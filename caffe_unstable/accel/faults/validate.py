@@ -1,5 +1,6 @@
 """Checks of a LayerPlan against its layer (faults.md §2.3): one line naming the layer and the field."""
 import numpy as np
+from numba import njit
 
 from ...errors import CaffeUnstableError, layer_where
 from .plan import RECORD_FIELDS, SAMPLED_VALUES, TIMING_SITES
@@ -10,18 +11,28 @@ def _fail(lp, what):
 
 
 def _check_range(lp, kind, arr, name, lo, hi):
-    """Every arr[name] in [lo, hi) (hi may be an array broadcast against arr). The column's min and max first: a
-    soft-error plan has hundreds of thousands of records, and its own dtype's min/max cost a fraction of the
-    int64 comparisons that find the first bad record."""
-    col = arr[name]
-    if not len(col) or (col.min() >= lo and col.max() < np.min(hi)):
-        return
-    col = col.astype(np.int64)
+    """Every arr[name] in [lo, hi) (hi may be an array broadcast against arr)."""
+    col = arr[name].astype(np.int64)
     bad = (col < lo) | (col >= hi)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         top = hi if np.isscalar(hi) else int(np.broadcast_to(hi, col.shape)[i])
         _fail(lp, f"{kind}.{name} = {int(col[i])} out of range [{lo}, {top}) (record {i})")
+
+
+@njit(cache=True, nogil=True)
+def _first_bad_mac(n, o, y, x, t, site, bit, n_hi, O, conv_y, conv_x, L, widths):
+    """The index of the first MAC-flip record with a field out of range (or a final record with t != 0), -1 if
+    none: one pass over the fields of a soft-error plan's hundreds of thousands of records, then the NumPy
+    checks below name the field only when one is bad."""
+    for i in range(len(n)):
+        s = site[i]
+        if not (0 <= n[i] < n_hi and 0 <= o[i] < O and 0 <= y[i] < conv_y and 0 <= x[i] < conv_x
+                and 0 <= t[i] < L and 0 <= s < 3):
+            return i
+        if not 0 <= bit[i] < widths[s] or (s == 2 and t[i] != 0):
+            return i
+    return -1
 
 
 def validate_layer_plan(lp, g, batch=None):
@@ -33,17 +44,17 @@ def validate_layer_plan(lp, g, batch=None):
     n_hi = batch if batch is not None else 2 ** 31 - 1
     outputs = {"o": g["O"], "y": g["conv_y"], "x": g["conv_x"], "t": g["L"]}
     ev = lp.mac_events
-    _check_range(lp, "mac_events", ev, "n", 0, n_hi)
-    for name, hi in outputs.items():
-        _check_range(lp, "mac_events", ev, name, 0, hi)
-    _check_range(lp, "mac_events", ev, "site", 0, 3)
-    widths = np.array([g["width_product"], g["width_accumulator"], g["width_final"]])
-    one_site = len(ev) and ev["site"].min() == ev["site"].max()      # a model's plan: one site, one bound
-    _check_range(lp, "mac_events", ev, "bit", 0, widths[ev["site"][0]] if one_site else
-                 widths[ev["site"].astype(np.int64)])
-    final_t = ev["t"][ev["site"] == 2]
-    if (final_t != 0).any():
-        _fail(lp, f"mac_events.t = {int(final_t[final_t != 0][0])}: must be 0 for site final")
+    widths = np.array([g["width_product"], g["width_accumulator"], g["width_final"]], np.int64)
+    if _first_bad_mac(ev["n"], ev["o"], ev["y"], ev["x"], ev["t"], ev["site"], ev["bit"], n_hi, g["O"],
+                      g["conv_y"], g["conv_x"], g["L"], widths) >= 0:
+        _check_range(lp, "mac_events", ev, "n", 0, n_hi)
+        for name, hi in outputs.items():
+            _check_range(lp, "mac_events", ev, name, 0, hi)
+        _check_range(lp, "mac_events", ev, "site", 0, 3)
+        _check_range(lp, "mac_events", ev, "bit", 0, widths[ev["site"].astype(np.int64)])
+        final_t = ev["t"][ev["site"] == 2]
+        if (final_t != 0).any():
+            _fail(lp, f"mac_events.t = {int(final_t[final_t != 0][0])}: must be 0 for site final")
     re = lp.rate_events
     _check_range(lp, "rate_events", re, "n", 0, n_hi)
     for name, hi in outputs.items():

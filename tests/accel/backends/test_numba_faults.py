@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from caffe_unstable.accel.backends.numba import NumbaBackend, mac_run
+from caffe_unstable.accel.backends.numba import NumbaBackend, mac_run, plan_conv
 from caffe_unstable.accel.faults import conv_geometry, k_thresholds, reference_layer
 from caffe_unstable.accel.faults.plan import (MEM_EVENT_DTYPE, RATE_EVENT_DTYPE, STUCK_DTYPE, LayerPlan,
                                               TimingPlan, mac_events, records)
@@ -325,6 +325,28 @@ def _quad_add_test(mac, a, m, wm_or):
     mac._quad_add_test(np.float32(1), np.float32(0), np.float32(0), np.float32(0), R, 0, n, n, A, 0, F, 0,
                        np.zeros(n, np.float32), False, np.int32(wm_or))
     return F != 0, A
+
+
+def test_record_arrays_sort_records_out_of_plan_order():
+    """plan_conv.record_arrays: keys and int64 columns in plan order, whatever the order it is given."""
+    rng = np.random.default_rng(4)
+    lay = random_layer(rng, 4, 4, 1, 3)
+    g = lay.geom
+    ev = random_mac_events(rng, g, lay.hw, 60)
+    rt = ev[["n", "o", "y", "x", "t", "bit"]].astype(RATE_EVENT_DTYPE)
+    for rec, with_site in ((ev, True), (rt, False)):
+        order = ["n", "o", "y", "x", "t", "site", "bit"] if with_site else ["n", "o", "y", "x", "t"]
+        want = np.sort(rec, order=order, kind="stable")
+        for given in (want, rec[rng.permutation(len(rec))][::-1].copy()):
+            got = plan_conv.record_arrays(given, g, with_site)
+            key = ((want["n"].astype(np.int64) * g.O + want["o"]) * g.Ho + want["y"]) * g.Wo + want["x"]
+            assert np.array_equal(got["key"], key) and np.array_equal(got["t"], want["t"])
+            if with_site:     # rate records of one step may keep any order of their bits
+                assert np.array_equal(got["bit"], want["bit"]) and np.array_equal(got["site"], want["site"])
+            else:
+                assert len(got["site"]) == 0
+                fine = got["key"] * g.L + got["t"]
+                assert (np.diff(fine) >= 0).all() and sorted(got["bit"]) == sorted(want["bit"])
 
 
 @pytest.mark.parametrize("shape", [(0,), (7,), (8,), (3, 5, 7, 11)])
