@@ -14,17 +14,11 @@ MAX_POSITION = 1 << 50
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _divmod(q, d, inv):
-    """(q // d, q % d) for 0 <= q < 2^51, d >= 1, through the float reciprocal inv = 1 / d corrected by one (a copy
-    of backends/numba/corrections.py's: numba's cache does not see edits to another module's helpers)."""
-    est = np.int64(np.float64(q) * inv)
-    r = q - est * d
-    if r < 0:
-        est -= 1
-        r += d
-    elif r >= d:
-        est += 1
-        r -= d
-    return est, r
+    """(q // d, q % d) for 0 <= q < 2^50 and 1 <= d, through the float reciprocal inv = 1 / d, without a branch:
+    (q + 1/2) / d is at least 1/(2d) away from an integer, more than the rounding errors of inv and of the
+    product ((q + 1/2) / d times 2^-52 at most) below 2^50, so truncating it gives q // d exactly."""
+    est = np.int64((np.float64(q) + 0.5) * inv)
+    return est, q - est * d
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -184,16 +184,27 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
     pre_t = np.zeros(pipe, np.int64)
     pre_v = np.zeros(pipe, np.int64)
     i_wo, i_ho, i_o, i_og, i_pipe, i_vo = 1.0 / wo, 1.0 / ho, 1.0 / o_total, 1.0 / og, 1.0 / pipe, 1.0 / vec_out
-    for f_i in range(i0, i1):
-        key = fo_key[f_i]
-        q, xo = _divmod(key, wo, i_wo)
+    # First the outputs' coordinates and the m_t of each one's first record, in a loop without data-dependent
+    # branches: their operands are scattered over the layer, and here the loads of many outputs overlap (in the
+    # record loop below each waits behind mispredicted branches).
+    cnt = i1 - i0
+    c_n, c_o, c_y, c_x = (np.empty(cnt, np.int64), np.empty(cnt, np.int64), np.empty(cnt, np.int64),
+                          np.empty(cnt, np.int64))
+    c_base, c_m0 = np.empty(cnt, np.int64), np.empty(cnt, np.int64)
+    for c in range(cnt):
+        q, xo = _divmod(fo_key[i0 + c], wo, i_wo)
         q, y = _divmod(q, ho, i_ho)
         img, o = _divmod(q, o_total, i_o)
         n = rel_of[img]
+        j, _ = _divmod(o, og, i_og)
+        xbase = ((max(n, 0) * group + j) * cb * hp * wpd + y * sh * wpd + xo * sw) * nw
+        t0, r0 = _divmod(np.int64(ev_t[min(fo_rng[i0 + c, 0], len(ev_t) - 1)]) if len(ev_t) else 0, pipe, i_pipe)
+        c_m0[c] = _step_sum(xw, xbase, off, r0, wcw, (o * pipe + r0) * ni * nw, nw, t0)
+        c_n[c], c_o[c], c_y[c], c_x[c], c_base[c] = n, o, y, xo, xbase
+    for f_i in range(i0, i1):
+        n, o, y, xo, xbase = c_n[f_i - i0], c_o[f_i - i0], c_y[f_i - i0], c_x[f_i - i0], c_base[f_i - i0]
         if n < 0:
             continue
-        j, _ = _divmod(o, og, i_og)
-        xbase = ((n * group + j) * cb * hp * wpd + y * sh * wpd + xo * sw) * nw
         for r in range(pipe):
             D[r] = 0
             pre_t[r] = r - pipe
@@ -214,7 +225,10 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
             while e < e1 and (ev_site[e] == 2 or (ev_t[e] == t and ev_site[e] == 0)):
                 if ev_site[e] == 0:
                     if not have_m:
-                        mt = _step_sum(xw, xbase, off, r, wcw, (o * pipe + r) * ni * nw, nw, ti)
+                        if e == fo_rng[f_i, 0]:
+                            mt = c_m0[f_i - i0]       # the output's first record: read above
+                        else:
+                            mt = _step_sum(xw, xbase, off, r, wcw, (o * pipe + r) * ni * nw, nw, ti)
                         have_m = True
                     d = _flip_delta(_wrap32(mt + dm), np.int64(ev_bit[e]), wp)
                     dm += d
