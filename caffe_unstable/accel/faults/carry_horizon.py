@@ -11,7 +11,8 @@ import numpy as np
 
 from ...errors import CaffeUnstableError
 from .plan import SAMPLED_VALUES, TIMING_SITES, LayerPlan, TimingPlan
-from .rng import k_from_u32, u32
+from . import streams
+from .rng import PassKey, k_from_u32, u32
 
 W_MAX = 31          # K >= 31 = W − 1 never has a late bit on a 32-bit adder
 TWO32 = 1 << 32
@@ -118,6 +119,7 @@ class CarryHorizon:
         self.final_slack_bits, self.tree_slack_bits = int(final_slack_bits), int(tree_slack_bits)
         self.lane_offsets_ns = lane_offsets_ns
         self.fixed_k = fixed_k
+        self._thresholds = None           # k_thresholds of every lane: 31 erfc per lane, once per model
 
     @classmethod
     def from_profile(cls, timing, freq_mhz):
@@ -147,11 +149,17 @@ class CarryHorizon:
                    for n in range(batch)]
             K = [[horizon_k(f, self.t0_ns, self.tau_ns_per_bit, d, e) for d in deltas] for e in eps]
             return TimingPlan(K_lane=np.array(K, np.int8), **common)
-        thresholds = np.array([k_thresholds(f, self.t0_ns, self.tau_ns_per_bit, self.jitter_ns, d)
-                               for d in deltas], np.uint64)
-        keys = np.array([rng.generator("timing_key", layer_index, n).integers(0, 2 ** 64, dtype=np.uint64)
-                         for n in range(batch)], np.uint64)
-        return TimingPlan(thresholds=thresholds, keys=keys, **common)
+        if self._thresholds is None or len(self._thresholds) != lanes:    # the same table for every layer
+            self._thresholds = np.array([k_thresholds(f, self.t0_ns, self.tau_ns_per_bit, self.jitter_ns, d)
+                                         for d in deltas], np.uint64)
+            self._thresholds.flags.writeable = False
+        if isinstance(rng, PassKey):      # the same draws, seeded in numba (streams.first_uint64s)
+            keys = streams.first_uint64s(np.array(streams.uint32_words(rng.seed), np.uint32),
+                                         np.array(rng.key("timing_key", layer_index, 0), np.int64), batch)
+        else:
+            keys = np.array([rng.generator("timing_key", layer_index, n).integers(0, 2 ** 64, dtype=np.uint64)
+                             for n in range(batch)], np.uint64)
+        return TimingPlan(thresholds=self._thresholds, keys=keys, **common)
 
     def plan(self, op, geometry, rng):
         timing = self.timing_plan(op.batch, geometry["LANE_NUM"], op.layer_index, rng)

@@ -203,12 +203,12 @@ KIND_SETS = [("mac",), ("rate",), ("mac", "rate"), ("timing",), ("mac", "rate", 
 
 @pytest.fixture(params=["position-major", "channel-major"])
 def loop_layout(request, monkeypatch):
-    """Both first passes of the register loop (mac_run.layout): position-major wherever it applies, or never
-    (then with the channels cut into chunks of one or two, as FC layers are)."""
+    """Both first passes of the register loop (mac_run.layout): position-major wherever it applies, or never;
+    either way with the channels cut into chunks of one or two, as layers with fewer tiles than threads are."""
     monkeypatch.setattr(mac_run, "POS_MIN", 1 if request.param == "position-major" else 1 << 40)
-    if request.param == "channel-major":
-        monkeypatch.setattr(mac_run, "MIN_CHUNK", 1)
-        monkeypatch.setattr(mac_run, "MIN_ITEMS", 1 << 10)
+    monkeypatch.setattr(mac_run, "MIN_CHUNK", 1)
+    monkeypatch.setattr(mac_run, "POS_MIN_CHUNK", 1)
+    monkeypatch.setattr(mac_run, "MIN_ITEMS", 1 << 10)
     return request.param
 
 

@@ -2,8 +2,9 @@
 import numpy as np
 
 from caffe_unstable.accel.faults import streams
+from caffe_unstable.accel.faults.carry_horizon import CarryHorizon
 from caffe_unstable.accel.faults.mac_flip import sample_flips
-from caffe_unstable.accel.faults.rng import generator
+from caffe_unstable.accel.faults.rng import PassKey, generator
 
 
 def test_pcg64_state_equals_numpys_seeding():
@@ -56,3 +57,25 @@ def test_reseeded_generator_draws_like_a_fresh_one():
         assert len(got[0]) > 1000
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_first_uint64s_equal_numpys_timing_keys():
+    """A carry-horizon plan's per-image keys: generator(seed, key).integers(0, 2**64, dtype=uint64), bit for bit,
+    for seeds of one and two words and keys with two-word entries; and through CarryHorizon with a PassKey."""
+    rng = np.random.default_rng(5)
+    for t in range(300):
+        seed = [0, int(rng.integers(0, 2 ** 32)), int(rng.integers(0, 2 ** 63))][t % 3]
+        prefix = [2, int(rng.integers(0, 256)), int(rng.integers(0, 2 ** 40)), int(rng.integers(0, 4)),
+                  int(rng.integers(0, 64)), 0]
+        count = int(rng.integers(1, 9))
+        got = streams.first_uint64s(np.array(streams.uint32_words(seed), np.uint32), np.array(prefix, np.int64),
+                                    count)
+        want = [generator(seed, tuple(prefix[:5]) + (n,)).integers(0, 2 ** 64, dtype=np.uint64)
+                for n in range(count)]
+        assert got.dtype == np.uint64 and got.tolist() == [int(w) for w in want], (seed, prefix)
+    model = CarryHorizon(260, 210, t0_ns=2.0, tau_ns_per_bit=0.06, jitter_ns=0.05)
+    key = PassKey(2 ** 40 + 3, phase=1, iteration=9)
+    tp = model.timing_plan(6, 16, 4, key)
+    assert tp.keys.tolist() == [int(key.generator("timing_key", 4, n).integers(0, 2 ** 64, dtype=np.uint64))
+                                for n in range(6)]
+    assert model.timing_plan(6, 16, 5, key).thresholds is tp.thresholds      # one table for every layer

@@ -28,8 +28,9 @@ def float_weights(wc):
 
 POS_TILE = 128                     # positions per tile of the position-major first pass
 POS_MIN = 64                       # ... used from this many positions per launch
-MIN_ITEMS = 4                      # channel-major: chunks of channels so that a launch has this many items ...
-MIN_CHUNK = 1024                   # ... of at least this many channels each (shorter: measured slower)
+MIN_ITEMS = 4                      # chunks of channels so that a launch has this many items ...
+MIN_CHUNK = 1024                   # ... of at least this many channels each, channel-major (shorter: slower)
+POS_MIN_CHUNK = 32                 # ... position-major (each chunk gathers the tile's inputs once more)
 
 
 def layout(npos, kf, group, og):
@@ -39,10 +40,12 @@ def layout(npos, kf, group, og):
     Position-major (the tile's positions in the vector lanes, one channel at a time) keeps the lanes full for
     any channel count; it needs the window test (every filter horizon >= 16) and no adder-tree adds. Layers with
     few positions (an FC layer's batch) run position by position with the channels in the lanes, in tiles of
-    about equal size, and their channels are cut into chunks so that every thread gets several items (an FC
-    layer at batch 10 was two tiles of 8 and 2 positions: one thread did most of the work)."""
+    about equal size. Either way, a launch with fewer tiles than threads has its channels cut into chunks so
+    that every thread gets items (an FC layer at batch 10 was two tiles of 8 and 2 positions, LeNet's ip1 at
+    batch 64 one tile: one thread did most of the work)."""
     if npos >= POS_MIN and (kf[:, 0] >= 16).all() and (kf[:, 2] >= 31).all():
-        return POS_TILE, True, max(og, 1)
+        chunks = max(1, -(-MIN_ITEMS // (group * -(-npos // POS_TILE))))
+        return POS_TILE, True, max(-(-og // chunks), min(og, POS_MIN_CHUNK), 1)
     tiles = -(-npos // (2 * TILE))                # up to 2 TILE positions read each weight once
     tile = -(-npos // tiles) if npos else TILE
     chunks = max(1, -(-MIN_ITEMS // (group * tiles)))
