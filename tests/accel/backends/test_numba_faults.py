@@ -241,6 +241,37 @@ def test_random_plans_auto_equals_mac_order_and_reference(case, loop_layout):
             assert np.array_equal(fast, ref), where
 
 
+def test_branch_free_horizon_and_late_equal_the_scalar_ones():
+    """The register loop's common second pass: the binary search of a sorted table and _late without a branch."""
+    from caffe_unstable.accel.backends.numba import mac
+    rng = np.random.default_rng(12)
+    th = np.array([k_thresholds(float(f), 1.94, 0.07, 0.02) for f in rng.uniform(250, 340, 6)], np.uint64)
+    th[0, :5] = 0                                        # rows with repeated values, and a row of zeros
+    th[5] = 0
+    for u in list(rng.integers(0, 2 ** 32, 3000)) + [int(v) for v in th.reshape(-1)[:40]] + [0, 2 ** 32 - 1]:
+        lane = int(rng.integers(0, 6))
+        assert mac._horizon_sorted(np.uint64(u), th, lane) == 31 - int((np.uint64(u) < th[lane]).sum())
+    for _ in range(3000):
+        a, b = (int(v) for v in rng.integers(-2 ** 31, 2 ** 31, 2))
+        K = int(rng.integers(0, 32))
+        assert mac._late_any_k(a, b, K) == mac._late(a, b, K), (a, b, K)
+
+
+def test_unsorted_thresholds_take_the_general_second_pass(loop_layout):
+    """A plan's threshold rows need not be sorted (a file may say anything): the loop then counts compares."""
+    rng = np.random.default_rng(21)
+    lay = random_layer(rng, 4, 4, 1, 2)
+    lp = random_plan(rng, lay, ("timing",))
+    if lp.timing.thresholds is None:
+        lp = random_plan(np.random.default_rng(22), lay, ("timing",))
+    th = np.array(lp.timing.thresholds)
+    th[:, ::2] = th[:, ::-2][:, :th[:, ::2].shape[1]]     # no row sorted any more
+    assert (np.diff(th.astype(np.int64), axis=1) < 0).any(axis=1).all()
+    lp.timing = dataclasses.replace(lp.timing, thresholds=th)
+    auto, stats = lay.run(lp, "auto")
+    assert np.array_equal(auto, lay.reference(lp)[0]) and stats["late_adds"] > 0
+
+
 def test_fast_corrections_equal_the_loop_on_dense_flips():
     """Many records per output and chain (every site, narrow widths, repeats) on batch 3, groups, padded lanes."""
     rng = np.random.default_rng(7)

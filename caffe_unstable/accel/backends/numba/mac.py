@@ -94,6 +94,33 @@ def _late(a, b, K):
     return c & run
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _late_any_k(a, b, K):
+    """_late without its branch: K >= 31 gives 0 by a multiply (K in [0, 31])."""
+    au, bu = a & M32, b & M32
+    p = au ^ bu
+    c = ((au + bu) & M32) ^ p
+    run = np.int64(M32)
+    rn = (p << 1) & M32
+    off = 0
+    for i in range(5):
+        bit = (K >> i) & 1
+        run &= ((rn << off) & M32) | ((bit - 1) & M32)
+        off += bit << i
+        rn &= (rn << (1 << i)) & M32
+    return c & run * np.int64(K < 31)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _horizon_sorted(u, th, lane):
+    """31 - #{j : u < th[lane, j]} for a non-decreasing row (the count of entries <= u) by a branch-free binary
+    search: five loads instead of 31 compares."""
+    pos = 0
+    for step in (16, 8, 4, 2, 1):
+        pos += step * np.int64(th[lane, pos + step - 1] <= u)
+    return pos
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _ch_add(a, b, late, mode, prev):
     """The sampled result of a + b with late mask `late`: 0 carry_dropped, 1 stale (prev's bits), 2 drop."""
@@ -518,6 +545,10 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
     dlf = dl.reshape(-1)
     mv = np.zeros(kmax, np.int32)
     mvf = np.zeros(kmax, np.float32)
+    sorted_th = True                               # every lane's table non-decreasing (the profiles' always are)
+    for i in range(th.shape[0]):
+        for jj in range(th.shape[1] - 1):
+            sorted_th &= th[i, jj] <= th[i, jj + 1]
     wm_or = np.zeros(len(kf), np.int32)          # per image: the first pass's window test at the filter horizon
     for n in range(len(kf)):
         wm_or[n] = window_masks(min(kf[n, 0], 31))
@@ -703,7 +734,36 @@ def loop_tiles(x, wc, wfl, ch, gseg, imgs, rb, o_total, po, lane_num, pipe, kh, 
                                 npair += 1
             # the second pass: the exact §1.2 step of each listed add, with its own horizon, fault records and
             # stuck bits, in place of the first pass's plain add (written out here, not in a helper: numba
-            # refcounts every array a call or a tuple hands over, which cost more than the work)
+            # refcounts every array a call or a tuple hands over, which cost more than the work).
+            # The common case first (position-major, no records or stuck bits, carry_dropped), without a
+            # branch per add: the horizon is drawn for every listed add, not only for those _maybe_late lets
+            # through, which changes nothing (the draw is a pure function of the add's counter, and an add that
+            # cannot be late at the filter horizon is not late at the larger one it draws).
+            if not rare and mode == 0 and (sorted_th or not jit):
+                for ip in range(npair):
+                    q, k = pq[ip], pk[ip]
+                    mf = np.float32(0)
+                    for v in range(vec):
+                        mf += xf[v * tile + q] * wstep[v, k]
+                    mk = np.int64(mf)
+                    acc = np.int64(Ap[r, k, q])
+                    a = _wrap32(acc - mk)
+                    n = pn[q]
+                    o = ch[k0 + k]
+                    lane = lane_ch[k0 + k]
+                    if jit:
+                        ctr = np.uint64(((((o * ho + py[q]) * wo + px[q]) * steps + t) * 4))
+                        K = _horizon_sorted(_u32(keys[n], ctr), th, lane)
+                    else:
+                        K = k_lane[n, lane]
+                    late = _late_any_k(a, mk, K)
+                    sv = _wrap32(((a + mk) & M32) ^ late)
+                    Ap[r, k, q] = sv
+                    dl[k, q] = np.int32(dl[k, q] + (sv - acc))
+                    hit = np.int64(late != 0)
+                    lates += hit
+                    flags[n, o, py[q], px[q]] |= np.uint8(hit)
+                npair = 0
             for ip in range(npair):
                 q, k = pq[ip], pk[ip]
                 n = pn[q]
