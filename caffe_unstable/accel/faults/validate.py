@@ -12,6 +12,8 @@ def _fail(lp, what):
 
 def _check_range(lp, kind, arr, name, lo, hi):
     """Every arr[name] in [lo, hi) (hi may be an array broadcast against arr)."""
+    if not len(arr):                # most record kinds of most plans: nothing to convert and compare
+        return
     col = arr[name].astype(np.int64)
     bad = (col < lo) | (col >= hi)
     if bad.any():
@@ -26,11 +28,10 @@ def _first_bad_mac(n, o, y, x, t, site, bit, n_hi, O, conv_y, conv_x, L, widths)
     none: one pass over the fields of a soft-error plan's hundreds of thousands of records, then the NumPy
     checks below name the field only when one is bad."""
     for i in range(len(n)):
-        s = site[i]
-        if not (0 <= n[i] < n_hi and 0 <= o[i] < O and 0 <= y[i] < conv_y and 0 <= x[i] < conv_x
-                and 0 <= t[i] < L and 0 <= s < 3):
-            return i
-        if not 0 <= bit[i] < widths[s] or (s == 2 and t[i] != 0):
+        s = np.int64(site[i])
+        bad = ((n[i] < 0) | (n[i] >= n_hi) | (o[i] < 0) | (o[i] >= O) | (y[i] < 0) | (y[i] >= conv_y)
+               | (x[i] < 0) | (x[i] >= conv_x) | (t[i] < 0) | (t[i] >= L) | (s < 0) | (s > 2))
+        if bad or bit[i] < 0 or bit[i] >= widths[s] or (s == 2 and t[i] != 0):
             return i
     return -1
 
