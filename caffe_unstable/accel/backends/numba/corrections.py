@@ -198,7 +198,8 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
         n = rel_of[img]
         j, _ = _divmod(o, og, i_og)
         xbase = ((max(n, 0) * group + j) * cb * hp * wpd + y * sh * wpd + xo * sw) * nw
-        t0, r0 = _divmod(np.int64(ev_t[min(fo_rng[i0 + c, 0], len(ev_t) - 1)]) if len(ev_t) else 0, pipe, i_pipe)
+        e0 = min(fo_rng[i0 + c, 0], len(ev_t) - 1)      # its first MAC record (any record: a read is harmless)
+        t0, r0 = _divmod(np.int64(ev_t[e0]) if e0 >= 0 else np.int64(0), pipe, i_pipe)
         c_m0[c] = _step_sum(xw, xbase, off, r0, wcw, (o * pipe + r0) * ni * nw, nw, t0)
         c_n[c], c_o[c], c_y[c], c_x[c], c_base[c] = n, o, y, xo, xbase
     for f_i in range(i0, i1):

@@ -75,11 +75,10 @@ def _saturates(acc, n):
 
 
 # -- the carry horizon (faults.md §5.1, §3.3) -------------------------------------------------------------------
-@njit(cache=True, nogil=True, error_model="numpy")
-def _late(a, b, K):
-    """Late-carry mask of the 32-bit add a + b under horizon K (0 when K >= 31)."""
-    if K >= 31:
-        return np.int64(0)
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _late_any_k(a, b, K):
+    """Late-carry mask of the 32-bit add a + b under horizon K >= 0, without a branch (0 for K >= 31 by a
+    multiply): the branch-free second pass draws a horizon for adds that may not be late at all."""
     au, bu = a & M32, b & M32
     p = au ^ bu
     c = ((au + bu) & M32) ^ p
@@ -91,24 +90,15 @@ def _late(a, b, K):
         run &= ((rn << off) & M32) | ((bit - 1) & M32)
         off += bit << i
         rn &= (rn << (1 << i)) & M32
-    return c & run
+    return c & (run * np.int64(K < 31))
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _late_any_k(a, b, K):
-    """_late without its branch: K >= 31 gives 0 by a multiply (K in [0, 31])."""
-    au, bu = a & M32, b & M32
-    p = au ^ bu
-    c = ((au + bu) & M32) ^ p
-    run = np.int64(M32)
-    rn = (p << 1) & M32
-    off = 0
-    for i in range(5):
-        bit = (K >> i) & 1
-        run &= ((rn << off) & M32) | ((bit - 1) & M32)
-        off += bit << i
-        rn &= (rn << (1 << i)) & M32
-    return c & run * np.int64(K < 31)
+@njit(cache=True, nogil=True, error_model="numpy")
+def _late(a, b, K):
+    """Late-carry mask of the 32-bit add a + b under horizon K (0 when K >= 31)."""
+    if K >= 31:
+        return np.int64(0)
+    return _late_any_k(a, b, K)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
