@@ -4,7 +4,7 @@ The draws give each image's positions k sorted, which is PipeCNN's order (z, y, 
 (o, y, x, t, site, bit) with o = z·LANE + lane − po. So no general sort is needed: within each image and lane
 group z, a stable counting sort by lane gives (o, y, x, t), and the few records of one step (at most VEC) are
 put in bit order. The decode splits k through float reciprocals (a 64-bit division by a run-time value costs
-tens of cycles here), exact for k < 2^51.
+tens of cycles here), exact below MAX_POSITION = 2^50.
 """
 import numpy as np
 from numba import njit
