@@ -79,3 +79,13 @@ def test_first_uint64s_equal_numpys_timing_keys():
     assert tp.keys.tolist() == [int(key.generator("timing_key", 4, n).integers(0, 2 ** 64, dtype=np.uint64))
                                 for n in range(6)]
     assert model.timing_plan(6, 16, 5, key).thresholds is tp.thresholds      # one table for every layer
+
+
+def test_sort_uniform_equals_numpys_sort():
+    """The bucket sort of the numba draws: any values in [0, N), uniform or not (sorted, reversed, repeated)."""
+    rng = np.random.default_rng(8)
+    cases = [rng.integers(0, N, m) for m in (0, 1, 2, 5, 84, 3000) for N in (1, 7, 10 ** 9, 2 ** 50)]
+    cases += [np.arange(700), np.arange(700)[::-1].copy(), np.full(300, 5), np.array([2 ** 50 - 1, 0])]
+    for a in cases:
+        N = max(int(a.max(initial=0)) + 1, 2 ** 50 if len(a) == 2 else 1)
+        np.testing.assert_array_equal(streams._sort_uniform(a.astype(np.int64), N), np.sort(a))
