@@ -51,49 +51,56 @@ class MacFlip:
         return geometry["N_MAC"] if self.count == "hardware" else model_mac_count(geometry)
 
     def plan(self, op, geometry, rng):
-        """LayerPlan with the MAC-flip records of every image of `op` (rng: a rng.PassKey).
+        """LayerPlan with the MAC-flip records of every image of `op` (rng: a rng.PassKey or anything with its
+        `generator` method).
 
-        The draws are per image, in faults.md §4.3's order; turning positions into records is done once for the
-        whole layer: per-image NumPy calls cost more than the draws. Hardware counts go through one numba pass
-        (mac_records: a counting sort by lane, the draws being sorted already), model counts and geometries too
-        large for it through one sort of one int64 key."""
+        The draws are per image, in faults.md §4.3's order. With a PassKey and hardware counts they are made in
+        numba (streams.py: the same draws as rng.generator's) and turned into sorted records image by image
+        (mac_records: a counting sort by lane, the draws being sorted already) in one numba call; model counts,
+        geometries too large for that and other generators go through NumPy and one sort of one int64 key."""
         lo, hi = self.bit_range(geometry)
         N = self.n_chances(geometry)
-        fast = isinstance(rng, PassKey)     # streams.py: the same draws as rng.generator's, seeded in numba
+        if isinstance(rng, PassKey) and self.count == "hardware" and N <= mac_records.MAX_POSITION:
+            return self._hardware_plan(op, geometry, rng, N, lo, hi)
+        fast = isinstance(rng, PassKey)     # streams.py: the same generators as rng.generator's, seeded in numba
         if fast:
             words = np.array(streams.uint32_words(rng.seed), np.uint32)
             key = np.array(rng.key("mac_flip", op.layer_index, 0), np.int64)
-        if fast and N * self.rate <= streams.NUMBA_MAX_EXPECTED:
-            g = streams.reseedable()
-            k, bits, n = streams.layer_flips(g.generator, g.words, g.flags, words, key, op.batch, N,
-                                             float(self.rate), lo, hi)
-        else:
-            ks, bs, ns = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0, np.int64)]
-            for i in range(op.batch):
-                if fast:
-                    key[5] = i
-                    stream = streams.reseeded(words, key)
-                else:
-                    stream = rng.generator("mac_flip", op.layer_index, i)
-                k, bits = sample_flips(stream, N, self.rate, lo, hi)
-                ks.append(k)
-                bs.append(bits)
-                ns.append(np.full(len(k), i, np.int64))
-            k, bits, n = np.concatenate(ks), np.concatenate(bs), np.concatenate(ns)
+        ks, bs, ns = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+        for i in range(op.batch):
+            if fast:
+                key[5] = i
+                stream = streams.reseeded(words, key)
+            else:
+                stream = rng.generator("mac_flip", op.layer_index, i)
+            k, bits = sample_flips(stream, N, self.rate, lo, hi)
+            ks.append(k)
+            bs.append(bits)
+            ns.append(np.full(len(k), i, np.int64))
+        k, bits, n = np.concatenate(ks), np.concatenate(bs), np.concatenate(ns)
         if not len(k):
             return LayerPlan(op.layer_index, op.layer_name, geometry, mac_events=mac_events([], [], [], [], [], [], []))
-        if self.count == "hardware" and N <= mac_records.MAX_POSITION:
-            ev = np.empty(len(k), MAC_EVENT_DTYPE)
-            g = geometry
-            kept = mac_records.hardware_records(k, bits, n, g["VEC_SIZE"], g["L"], g["LANE_NUM"], g["conv_x"],
-                                                g["conv_y"], g["po"], g["O"], SITES[self.site],
-                                                *(ev[f] for f in MAC_EVENT_DTYPE.names))
-            if kept >= 0:
-                return LayerPlan(op.layer_index, op.layer_name, geometry, mac_events=ev[:kept],
-                                 masked=len(k) - kept)
         (o, y, x, t, bits), masked, valid = _records(k, bits, geometry, self.count)
         ev = sorted_mac_events(n[valid] if masked else n, o, y, x, t, SITES[self.site], bits, geometry)
         return LayerPlan(op.layer_index, op.layer_name, geometry, mac_events=ev, masked=masked)
+
+
+    def _hardware_plan(self, op, geometry, key, N, lo, hi):
+        g = geometry
+        words = np.array(streams.uint32_words(key.seed), np.uint32)
+        prefix = np.array(key.key("mac_flip", op.layer_index, 0), np.int64)
+        gen = streams.reseedable()
+        mean = op.batch * N * self.rate
+        cap = int(mean + 8 * mean ** 0.5) + 64             # columns for all but a >8-sigma count; else again
+        while True:
+            ev = np.empty(cap, MAC_EVENT_DTYPE)
+            kept, masked = mac_records.layer_records(gen.generator, gen.words, gen.flags, words, prefix, op.batch, N,
+                                                     float(self.rate), lo, hi, g["VEC_SIZE"], g["L"], g["LANE_NUM"],
+                                                     g["conv_x"], g["conv_y"], g["po"], g["O"], SITES[self.site],
+                                                     *(ev[f] for f in MAC_EVENT_DTYPE.names))
+            if kept >= 0:
+                return LayerPlan(op.layer_index, op.layer_name, geometry, mac_events=ev[:kept], masked=masked)
+            cap *= 2
 
 
 def sample_flips(rng, N, rate, lo, hi):

@@ -5,9 +5,14 @@ The draws give each image's positions k sorted, which is PipeCNN's order (z, y, 
 group z, a stable counting sort by lane gives (o, y, x, t), and the few records of one step (at most VEC) are
 put in bit order. The decode splits k through float reciprocals (a 64-bit division by a run-time value costs
 tens of cycles here), exact below MAX_POSITION = 2^50.
+
+`layer_records` draws a layer's flips image by image (streams.py) and writes each image's records while its
+positions are still in cache.
 """
 import numpy as np
 from numba import njit
+
+from . import streams
 
 MAX_POSITION = 1 << 50
 
@@ -80,3 +85,31 @@ def hardware_records(k, bits, n, vec, L, lanes, conv_x, conv_y, po, O, site, ev_
         w += total
         b0 = b1
     return w
+
+
+
+@njit(cache=True, nogil=True)
+def layer_records(gen, words, flags, entropy_words, key, batch, N, rate, lo, hi, vec, L, lanes, conv_x, conv_y, po,
+                  O, site, ev_n, ev_o, ev_y, ev_x, ev_t, ev_site, ev_bit):
+    """Stream 1's draws for images 0 .. batch-1 of one layer (key[5] = image; streams.py's reseedable generator
+    gen over words and flags) turned into sorted records in the ev_* columns: (records written, positions on
+    padded lanes dropped), or (-1, 0) when the columns are too short."""
+    scratch = np.empty(32, np.uint32)
+    w = masked = 0
+    for n in range(batch):
+        key[5] = n
+        s_lo, s_hi, i_lo, i_hi = streams.pcg64_state(entropy_words, key, scratch)
+        words[0], words[1], words[2], words[3] = s_lo, s_hi, i_lo, i_hi
+        flags[0], flags[1] = 0, 0
+        F = gen.binomial(N, rate)
+        if F == 0:
+            continue
+        k = streams.distinct(gen, N, F)
+        bits = gen.integers(lo, hi + 1, F)
+        if w + F > len(ev_n):
+            return -1, 0
+        kept = hardware_records(k, bits, np.full(F, n, np.int64), vec, L, lanes, conv_x, conv_y, po, O, site,
+                                ev_n[w:], ev_o[w:], ev_y[w:], ev_x[w:], ev_t[w:], ev_site[w:], ev_bit[w:])
+        masked += F - kept
+        w += kept
+    return w, masked

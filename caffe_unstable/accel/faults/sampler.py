@@ -5,10 +5,13 @@
 
 `layers` lists the accelerated conv/FC layers as (layer_index, layer_name, geometry) in net order; each model's
 `plan(op, geometry, rng)` contributes its fields to the layer's LayerPlan. Layers with no fault are omitted.
+The layers are sampled on the ops' threads, the largest first (every draw has its own stream, so the plan does
+not depend on which thread draws what).
 """
 import numpy as np
 
 from ...errors import CaffeUnstableError
+from ...ops.parallel import PARALLEL_MIN_FLOATS, in_parallel
 from .carry_horizon import CarryHorizon
 from .mac_flip import MacFlip
 from .memory import MemoryFlips
@@ -65,11 +68,19 @@ def sample_plan(models, layers, batch, key, freq_mhz=None, ser=0.0, profile=""):
     """FaultPlan of one forward pass: every model's plan for every layer (models draw from their own streams)."""
     plan = FaultPlan(seed=key.seed, phase=key.phase, iteration=key.iteration, pass_=key.pass_, batch=batch,
                      freq_mhz=freq_mhz, ser=float(ser or 0.0), profile=profile)
-    for layer_index, layer_name, geometry in layers:
-        op = LayerOp(layer_index, layer_name, batch)
-        lp = LayerPlan(layer_index, layer_name, geometry)
-        for model in models:
-            merge(lp, model.plan(op, geometry, key))
-        if not lp.is_empty():
-            plan.layers.append(lp)
+    layers = list(layers)
+    parts = [None] * len(layers)
+
+    def sample(a, b):
+        for j in order[a:b]:
+            layer_index, layer_name, geometry = layers[j]
+            op = LayerOp(layer_index, layer_name, batch)
+            lp = LayerPlan(layer_index, layer_name, geometry)
+            for model in models:
+                merge(lp, model.plan(op, geometry, key))
+            parts[j] = lp
+
+    order = sorted(range(len(layers)), key=lambda j: -int(layers[j][2].get("N_MAC", 0) if layers[j][2] else 0))
+    in_parallel(sample, len(layers), PARALLEL_MIN_FLOATS if len(layers) > 1 else 0, pieces=len(layers))
+    plan.layers.extend(lp for lp in parts if not lp.is_empty())
     return plan

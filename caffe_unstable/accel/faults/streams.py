@@ -158,11 +158,6 @@ class ReseedableGenerator:
         self.flags = np.ctypeslib.as_array((ctypes.c_uint32 * 2).from_address(address + 8))
 
 
-# Up to this many expected flips per image the whole layer is drawn in numba (about 130 ns a draw, against about
-# 25 us of numpy calls per image); above it numpy's vectorized draws win (CaffeNet's convs at 10^-4.5: thousands
-# per image), so only the seeding is done here and numpy draws from the reseeded generator.
-NUMBA_MAX_EXPECTED = 256
-
 _LOCAL = threading.local()
 
 
@@ -213,8 +208,8 @@ def _sort_uniform(a, N):
     return out
 
 
-@njit(cache=True)
-def _distinct(gen, N, F):
+@njit(cache=True, nogil=True)
+def distinct(gen, N, F):
     """rng.sample_distinct's draws and result, in numba: F candidates, the distinct ones kept (sorted), topped up."""
     idx = np.empty(0, np.int64)
     while idx.size < F:
@@ -225,32 +220,3 @@ def _distinct(gen, N, F):
             keep[i] = merged[i] != merged[i - 1]
         idx = merged[keep]
     return idx
-
-
-@njit(cache=True)
-def layer_flips(gen, words, flags, entropy_words, key, batch, N, rate, lo, hi):
-    """mac_flip.sample_flips for images 0 .. batch-1 of one layer, each from its own stream (key[5] = image),
-    concatenated: (positions k, bits, image n)."""
-    scratch = np.empty(32, np.uint32)
-    cap = 64
-    ks, bs, ns = np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64)
-    m = 0
-    for n in range(batch):
-        key[5] = n
-        s_lo, s_hi, i_lo, i_hi = pcg64_state(entropy_words, key, scratch)
-        words[0], words[1], words[2], words[3] = s_lo, s_hi, i_lo, i_hi
-        flags[0], flags[1] = 0, 0
-        F = gen.binomial(N, rate)
-        if F == 0:
-            continue
-        k = _distinct(gen, N, F)
-        b = gen.integers(lo, hi + 1, F)
-        while m + F > cap:
-            cap *= 2
-            ks2, bs2, ns2 = np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64)
-            ks2[:m], bs2[:m], ns2[:m] = ks[:m], bs[:m], ns[:m]
-            ks, bs, ns = ks2, bs2, ns2
-        ks[m:m + F], bs[m:m + F] = k, b
-        ns[m:m + F] = n
-        m += F
-    return ks[:m], bs[:m], ns[:m]

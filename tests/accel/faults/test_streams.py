@@ -1,9 +1,11 @@
 """streams.py: numba's SeedSequence + PCG64 seeding and the per-image MAC-flip draws equal numpy's, bit for bit."""
 import numpy as np
 
-from caffe_unstable.accel.faults import streams
+from caffe_unstable.accel.faults import mac_records, streams
+from caffe_unstable.accel.faults.indexing import conv_geometry
 from caffe_unstable.accel.faults.carry_horizon import CarryHorizon
-from caffe_unstable.accel.faults.mac_flip import sample_flips
+from caffe_unstable.accel.faults.mac_flip import _records, sample_flips, sorted_mac_events
+from caffe_unstable.accel.faults.plan import MAC_EVENT_DTYPE
 from caffe_unstable.accel.faults.rng import PassKey, generator
 
 
@@ -20,26 +22,42 @@ def test_pcg64_state_equals_numpys_seeding():
         assert (int(lo) | int(hi) << 64, int(inc_lo) | int(inc_hi) << 64) == (want["state"], want["inc"]), (seed, key)
 
 
-def test_layer_flips_equal_the_reference_draws():
-    """Counts from the inversion and the BTPE regimes of binomial, top-ups of the distinct positions, bit ranges;
-    and the reseeded generator leaves no trace between calls."""
+def test_layer_records_equal_the_reference_draws():
+    """mac_records.layer_records draws, in numba, what sample_flips draws from generator(seed, key) image by image:
+    counts from the inversion and the BTPE regimes of binomial, top-ups of the distinct positions, bit ranges;
+    the reseeded generator leaves no trace between calls; columns too short are reported, not overrun."""
     g = streams.reseedable()
     rng = np.random.default_rng(1)
     regimes = 0
     for t in range(200):
         seed = int(rng.integers(0, 2 ** 63))
-        N = int(rng.integers(1, 3_000_000)) if t % 10 else 50          # N 50: draws collide, top-ups happen
-        rate = float(10 ** rng.uniform(-7, -2.5)) if t % 10 else 0.3
+        vec, lane = (int(v) for v in rng.choice([4, 8, 16], 2))
+        geo = conv_geometry(int(rng.integers(1, 40)), 13, 13, int(rng.integers(1, 70)), 3, 3, 1, 1, 1, vec, lane)
+        N = geo["N_MAC"]
+        if t % 10 == 0:
+            geo = conv_geometry(1, 5, 5, 3, 1, 1, 1, 0, 1, 4, 2)    # 200 MACs, one padded lane of four
+            N = geo["N_MAC"]
+        rate = float(10 ** rng.uniform(-6, -2.5)) if t % 10 else 0.3    # 0.3 of 200: draws collide, top-ups
         lo = int(rng.integers(0, 8))
-        hi = int(rng.integers(lo, 32))
+        hi = int(rng.integers(lo, 18))
         prefix = [1, int(rng.integers(0, 3)), int(rng.integers(0, 10 ** 6)), 0, int(rng.integers(0, 20)), 0]
         batch = int(rng.integers(1, 12))
-        k, bits, n = streams.layer_flips(g.generator, g.words, g.flags, np.array(streams.uint32_words(seed), np.uint32),
-                                         np.array(prefix, np.int64), batch, N, rate, lo, hi)
+        ev = np.empty(batch * N, MAC_EVENT_DTYPE)
+        cols = tuple(ev[f] for f in MAC_EVENT_DTYPE.names)
+        args = (g.generator, g.words, g.flags, np.array(streams.uint32_words(seed), np.uint32),
+                np.array(prefix, np.int64), batch, N, rate, lo, hi, geo["VEC_SIZE"], geo["L"], geo["LANE_NUM"], geo["conv_x"],
+                geo["conv_y"], geo["po"], geo["O"], 1)
+        kept, masked = mac_records.layer_records(*args, *cols)
         ref = [sample_flips(generator(seed, tuple(prefix[:5]) + (i,)), N, rate, lo, hi) for i in range(batch)]
-        np.testing.assert_array_equal(k, np.concatenate([r[0] for r in ref]))
-        np.testing.assert_array_equal(bits, np.concatenate([r[1] for r in ref]))
-        np.testing.assert_array_equal(n, np.concatenate([np.full(len(r[0]), i) for i, r in enumerate(ref)]))
+        k, bits = np.concatenate([r[0] for r in ref]), np.concatenate([r[1] for r in ref])
+        n = np.concatenate([np.full(len(r[0]), i) for i, r in enumerate(ref)])
+        (o, y, x, st, b), want_masked, valid = _records(k, bits, geo, "hardware")
+        want = sorted_mac_events(n[valid] if want_masked else n, o, y, x, st, 1, b, geo)
+        assert (kept, masked) == (len(want), want_masked)
+        assert np.array_equal(ev[:kept], want)
+        if kept:
+            short = np.empty(kept - 1, MAC_EVENT_DTYPE)
+            assert mac_records.layer_records(*args, *(short[f] for f in MAC_EVENT_DTYPE.names)) == (-1, 0)
         regimes |= 1 if N * rate <= 30 else 2
     assert regimes == 3
 
