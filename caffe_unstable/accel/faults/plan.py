@@ -134,10 +134,12 @@ class LayerPlan:
     def is_empty(self):
         return self.timing is None and not any(len(getattr(self, k)) for k in RECORD_FIELDS)
 
-    def validate(self, geometry=None, batch=None):
-        """Check every record against the layer (faults.md §2.3); raises one line naming layer and field."""
+    def validate(self, geometry=None, batch=None, records=True):
+        """Check every record against the layer (faults.md §2.3); raises one line naming layer and field.
+        records=False leaves out the ranges of the MAC-flip and rate records (for a backend that checks them in
+        its own pass over them)."""
         from .validate import validate_layer_plan
-        validate_layer_plan(self, geometry if geometry is not None else self.geometry, batch)
+        validate_layer_plan(self, geometry if geometry is not None else self.geometry, batch, records)
         return self
 
 

@@ -36,7 +36,7 @@ def _first_bad_mac(n, o, y, x, t, site, bit, n_hi, O, conv_y, conv_x, L, widths)
     return -1
 
 
-def validate_layer_plan(lp, g, batch=None):
+def validate_layer_plan(lp, g, batch=None, records=True):
     if g is None:
         _fail(lp, "no geometry to check the records against")
     for kind, dtype in RECORD_FIELDS.items():
@@ -44,6 +44,16 @@ def validate_layer_plan(lp, g, batch=None):
             _fail(lp, f"{kind} must have dtype {dtype}, got {getattr(lp, kind).dtype}")
     n_hi = batch if batch is not None else 2 ** 31 - 1
     outputs = {"o": g["O"], "y": g["conv_y"], "x": g["conv_x"], "t": g["L"]}
+    for kind, size in (("weight_events", g["N_WBYTES"]), ("act_events", g["N_ABYTES"])):
+        arr = getattr(lp, kind)
+        _check_range(lp, kind, arr, "n", -1 if kind == "weight_events" else 0, n_hi)
+        _check_range(lp, kind, arr, "addr", 0, size)
+        _check_range(lp, kind, arr, "bit", 0, 8)
+    _validate_stuck(lp, g)
+    if lp.timing is not None:
+        _validate_timing(lp, g, batch)
+    if not records:
+        return
     ev = lp.mac_events
     widths = np.array([g["width_product"], g["width_accumulator"], g["width_final"]], np.int64)
     if _first_bad_mac(ev["n"], ev["o"], ev["y"], ev["x"], ev["t"], ev["site"], ev["bit"], n_hi, g["O"],
@@ -61,14 +71,6 @@ def validate_layer_plan(lp, g, batch=None):
     for name, hi in outputs.items():
         _check_range(lp, "rate_events", re, name, 0, hi)
     _check_range(lp, "rate_events", re, "bit", 0, 32)
-    for kind, size in (("weight_events", g["N_WBYTES"]), ("act_events", g["N_ABYTES"])):
-        arr = getattr(lp, kind)
-        _check_range(lp, kind, arr, "n", -1 if kind == "weight_events" else 0, n_hi)
-        _check_range(lp, kind, arr, "addr", 0, size)
-        _check_range(lp, kind, arr, "bit", 0, 8)
-    _validate_stuck(lp, g)
-    if lp.timing is not None:
-        _validate_timing(lp, g, batch)
 
 
 def _validate_stuck(lp, g):

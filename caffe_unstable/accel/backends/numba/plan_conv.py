@@ -37,49 +37,80 @@ def legacy_plan(events):
     return fplan.LayerPlan(-1, "", mac_events=ev)
 
 
-def check_plan(lp, g, hw, where):
+def check_plan(lp, g, hw, where, records=True):
     """The plan's records against this launch (faults.md §2.3); the plan's geometry, when it has one, must be
-    this layer's. Returns the layer's geometry dict."""
+    this layer's (records=False: the MAC-flip and rate records' ranges are left to record_arrays). Returns the
+    layer's geometry dict."""
     gd = geometry_from(g, (hw.width_product, hw.width_accumulator, hw.width_final))
     if lp.geometry:
         for key in GEOMETRY_KEYS:
             if key in lp.geometry and lp.geometry[key] != gd[key]:
                 raise errors.CaffeUnstableError(where, f"fault plan: geometry {key} = {lp.geometry[key]} does not "
                                                        f"match the launch ({gd[key]})")
-    lp.validate(gd, g.N)
+    lp.validate(gd, g.N, records=records)
     return gd
 
 
 @njit(cache=True, nogil=True)
-def _columns(n, o, y, x, t, site, bit, O, Ho, Wo, L, key, t64, site64, bit64):
+def _columns(n, o, y, x, t, site, bit, n_hi, O, Ho, Wo, L, widths, key, t64, site64, bit64, fo_key, fo_rng):
     """One pass over the record fields: the output keys ((n O + o) Ho + y) Wo + x and int64 copies of t, site and
-    bit (site64 empty for rate records, which have no site); whether the records are in plan order (by key, t,
-    then site and bit for MAC flips)."""
+    bit (site64 empty for rate records, which have no site and bits below 32), the range checks of
+    validate.py, and the distinct outputs with their record ranges (fo_key, fo_rng[:, :2]; valid when the records
+    are in order). Returns (status, outputs): status 0 = valid and in plan order (by key, t, then site and bit
+    for MAC flips), 1 = valid but out of order, 2 = a record is out of range (validate names it)."""
     with_site = len(site64) > 0
     ordered = True
+    bad = False
     prev = np.int64(-1)
-    for i in range(len(n)):
+    k_prev = np.int64(-1)
+    m = 0
+    for i in range(len(n)):             # without branches: a few ns a record
+        s = np.int64(site[i]) if with_site else np.int64(1)
+        b = np.int64(bit[i])
+        wmax = widths[min(max(s, 0), 2)] if with_site else 32
+        bad |= ((n[i] < 0) | (n[i] >= n_hi) | (o[i] < 0) | (o[i] >= O) | (y[i] < 0) | (y[i] >= Ho) | (x[i] < 0)
+                | (x[i] >= Wo) | (t[i] < 0) | (t[i] >= L) | (s < 0) | (s > 2) | (b < 0) | (b >= wmax)
+                | ((s == 2) & (t[i] != 0)))
         k = ((np.int64(n[i]) * O + o[i]) * Ho + y[i]) * Wo + x[i]
-        fine = k * L + t[i]
-        if with_site:
-            fine = (fine * 3 + site[i]) * 32 + bit[i]
-            site64[i] = site[i]
+        fine = ((k * L + t[i]) * 3 + s) * 32 + b if with_site else k * L + t[i]
         ordered &= fine >= prev
         prev = fine
-        key[i], t64[i], bit64[i] = k, t[i], bit[i]
-    return ordered
+        fo_key[m], fo_rng[m, 0] = k, i          # a new output's slot; kept when k is new
+        m += k != k_prev
+        k_prev = k
+        key[i], t64[i], bit64[i] = k, t[i], b
+        if with_site:
+            site64[i] = s
+    if bad:
+        return 2, 0
+    for j in range(m):
+        fo_rng[j, 1] = fo_rng[j + 1, 0] if j + 1 < m else len(n)
+        fo_rng[j, 2] = fo_rng[j, 3] = 0
+    return (0 if ordered else 1), m
 
 
-def record_arrays(rec, g, with_site):
+def record_arrays(rec, g, with_site, lp=None, gd=None):
     """Plain int64 columns of MAC-flip (with_site) or rate records, with their output keys; sorted by output,
-    then step (then site and bit), as plan arrays are. One numba pass (five NumPy passes cost about 3 ms for a
-    CaffeNet soft-error plan); a stable sort only when the records are not in that order."""
+    then step (then site and bit), as plan arrays are; and "outputs": the faulted outputs and their record ranges
+    (corrections.faulted_outputs of these records alone). One numba pass, which also checks the records' ranges
+    (the checks LayerPlan lp's validation skips in check_plan; on a bad record it names it); a stable sort only
+    when the records are not in plan order."""
     m = len(rec)
     out = {"key": np.empty(m, np.int64), "t": np.empty(m, np.int64), "bit": np.empty(m, np.int64),
            "site": np.empty(m if with_site else 0, np.int64)}
+    fo_key, fo_rng = np.empty(m + 1, np.int64), np.empty((m + 1, 4), np.int64)
     site = rec["site"] if with_site else rec["bit"]          # (not read for rate records)
-    if _columns(rec["n"], rec["o"], rec["y"], rec["x"], rec["t"], site, rec["bit"], g.O, g.Ho, g.Wo, g.L,
-                out["key"], out["t"], out["site"], out["bit"]):
+    widths = np.array([gd["width_product"], gd["width_accumulator"], gd["width_final"]] if gd else [32, 32, 32],
+                      np.int64)
+    status, count = _columns(rec["n"], rec["o"], rec["y"], rec["x"], rec["t"], site, rec["bit"],
+                             g.N if lp is not None else 2 ** 31 - 1, g.O, g.Ho, g.Wo, g.L, widths, out["key"],
+                             out["t"], out["site"], out["bit"], fo_key, fo_rng)
+    if status == 2:
+        if lp is not None:
+            lp.validate(gd, g.N)              # raises, naming the record and field
+        raise errors.CaffeUnstableError(where_of(lp), "fault plan: a record is out of range")
+    if status == 0:
+        out["outputs"] = (fo_key[:count], fo_rng[:count])
         return out
     fine = out["key"] * g.L + out["t"]
     if with_site:
@@ -88,8 +119,12 @@ def record_arrays(rec, g, with_site):
     return {k: v[order] if len(v) else v for k, v in out.items()}
 
 
+def where_of(lp):
+    return errors.layer_where(lp.layer_name) if lp is not None else "fault plan"
+
+
 def _select(arrs, keep):
-    return {k: (v[keep] if len(v) == len(keep) else v) for k, v in arrs.items()}
+    return {k: (v[keep] if len(v) == len(keep) else v) for k, v in arrs.items() if k != "outputs"}
 
 
 def horizon_bounds(tp, g, hw):
@@ -127,9 +162,9 @@ class PlanConv:
         self.g = g = launch.conv.geom
         self.hw = backend.hw
         self.widths = (self.hw.width_product, self.hw.width_accumulator, self.hw.width_final)
-        check_plan(lp, g, self.hw, launch.slot)
-        self.mac = record_arrays(lp.mac_events, g, True)
-        self.rate = record_arrays(lp.rate_events, g, False)
+        gd = check_plan(lp, g, self.hw, launch.slot, records=False)
+        self.mac = record_arrays(lp.mac_events, g, True, lp, gd)
+        self.rate = record_arrays(lp.rate_events, g, False, lp, gd)
         self.kmin, self.jit, self.k_lane, self.th, self.keys, self.mode = horizon_bounds(lp.timing, g, self.hw)
         st = lp.stuck
         self.stuck = {code: st[st["site"] == code] for code in STUCK_DATAPATH}
