@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from caffe_unstable.accel.backends.numba import NumbaBackend, mac_run, plan_conv
+from caffe_unstable.accel.backends.numba import NumbaBackend, corrections, mac_run, plan_conv
 from caffe_unstable.accel.faults import conv_geometry, k_thresholds, reference_layer
 from caffe_unstable.accel.faults.carry_horizon import ch_add
 from caffe_unstable.accel.faults.plan import (MEM_EVENT_DTYPE, RATE_EVENT_DTYPE, STUCK_DTYPE, LayerPlan,
@@ -381,6 +381,35 @@ def test_record_arrays_sort_records_out_of_plan_order():
                 assert len(got["site"]) == 0
                 fine = got["key"] * g.L + got["t"]
                 assert (np.diff(fine) >= 0).all() and sorted(got["bit"]) == sorted(want["bit"])
+
+
+def test_take_clean_finds_each_blocks_outputs():
+    """corrections.take_clean: over GEMM blocks that cut images anywhere (and a run of a subset of the launch's
+    images), every faulted output of a run image gets its clean sum from its own block and row, once; outputs of
+    other images keep 0."""
+    rng = np.random.default_rng(21)
+    for _ in range(200):
+        N, O, hw, group = int(rng.integers(1, 5)), int(rng.integers(1, 9)), int(rng.integers(1, 40)), \
+            int(rng.integers(1, 3))
+        O *= group
+        og = O // group
+        keys = np.unique(rng.integers(0, N * O * hw, int(rng.integers(0, N * O * hw // 2 + 2))))
+        imgs = np.sort(rng.permutation(N)[:int(rng.integers(1, N + 1))]).astype(np.int64)
+        rows = len(imgs) * hw
+        sums = rng.integers(-2 ** 31, 2 ** 31, (group, rows, og))         # the run's sums, (row, channel)
+        cuts = np.unique(np.concatenate([[0, rows], rng.integers(0, rows, int(rng.integers(0, 6)))]))
+        got = np.zeros(len(keys), np.int64)
+        starts = corrections.channel_starts(keys, hw, N * O)
+        for j in range(group):
+            for p0, p1 in zip(cuts[:-1], cuts[1:]):
+                acc = sums[j, p0:p1].astype(np.float64)
+                corrections.take_clean(acc, True, keys, got, starts, imgs, O, og, j, hw, int(p0), int(p1))
+        want = np.zeros(len(keys), np.int64)
+        for i, k in enumerate(keys):
+            n, o, pos = k // (O * hw), (k // hw) % O, k % hw
+            if n in imgs:
+                want[i] = sums[o // og, int(np.flatnonzero(imgs == n)[0]) * hw + pos, o % og]
+        assert np.array_equal(got, want)
 
 
 @pytest.mark.parametrize("seed", range(6))

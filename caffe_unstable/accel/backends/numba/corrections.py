@@ -9,7 +9,7 @@ need is recomputed: VEC products for m_t, one chain prefix for A_t (extended inc
 several records), never a whole layer.
 
 `Corrector` is conv.conv_fast's sums_reader: from each GEMM block it only takes the clean sums of the faulted
-outputs in it (found through a counting sort by GEMM row, no argsort); `finish` then computes their faulty sums
+outputs in it (each (image, channel)'s sorted run of outputs searched for the block's positions, no sort); `finish` then computes their faulty sums
 in one pass over the outputs in plan order, on the ops' threads, and writes their int8 values over the clean
 ones. The operands come from int8 copies, not from the GEMM's float columns (4x larger, mostly evicted by then):
 the input zero-padded with its padded vec slots zeroed, and the weights in chain-major order (filter, chain,
@@ -311,44 +311,47 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def block_index(fo_key, rel_of, o_total, og, hw, npos, group):
-    """Counting sort of the faulted outputs by (group, GEMM row): start ((group npos + 1),) and order, so that
-    the outputs of rows [p0, p1) of group j are order[start[j npos + p0]:start[j npos + p1]]; row = the image's
-    row in this run times hw plus y Wo + x (outputs of images not in the run are left out)."""
-    start = np.zeros(group * npos + 1, np.int64)
-    slot = np.full(len(fo_key), -1, np.int64)
-    i_hw, i_o, i_og = 1.0 / hw, 1.0 / o_total, 1.0 / og
+def channel_starts(fo_key, hw, channels):
+    """For sorted output keys ((n O + o) Ho + y) Wo + x: start (channels + 1,), the faulted outputs of image n,
+    channel o being start[n O + o] .. start[n O + o + 1] (channels = N O). One counting pass."""
+    start = np.zeros(channels + 1, np.int64)
+    i_hw = 1.0 / hw
     for i in range(len(fo_key)):
-        q, pos = _divmod(fo_key[i], hw, i_hw)
-        img, o = _divmod(q, o_total, i_o)
-        n = rel_of[img]
-        if n < 0:
-            continue
-        slot[i] = _divmod(o, og, i_og)[0] * npos + n * hw + pos
-        start[slot[i] + 1] += 1
-    for i in range(group * npos):
-        start[i + 1] += start[i]
-    fill = start[:-1].copy()
-    order = np.empty(start[-1], np.int64)
-    for i in range(len(fo_key)):
-        if slot[i] >= 0:
-            order[fill[slot[i]]] = i
-            fill[slot[i]] += 1
-    return start, order
+        start[_divmod(fo_key[i], hw, i_hw)[0] + 1] += 1
+    for c in range(channels):
+        start[c + 1] += start[c]
+    return start
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def take_clean(acc, wrap, sel, fo_key, fo_clean, rel_of, o_total, og, j, hw, p0):
-    """fo_clean of the faulted outputs sel (all in GEMM rows [p0, p0 + len(acc)) of group j): their clean int32
-    sums from the block's acc (positions, Og) (float, exact integers; K-chunked float64 sums wrap modulo 2^32)."""
-    i_hw, i_o = 1.0 / hw, 1.0 / o_total
-    for i in range(len(sel)):
-        f = sel[i]
-        q, pos = _divmod(fo_key[f], hw, i_hw)
-        img, o = _divmod(q, o_total, i_o)
-        row = rel_of[img] * hw + pos - p0
-        v = np.int64(acc[row, o - j * og])
-        fo_clean[f] = _wrap32(v) if wrap else v
+def take_clean(acc, wrap, fo_key, fo_clean, starts, imgs, o_total, og, j, hw, p0, p1):
+    """fo_clean of the faulted outputs in GEMM rows [p0, p1) of group j: their clean int32 sums from the block's
+    acc (positions, Og) (float, exact integers; K-chunked float64 sums wrap modulo 2^32). Row p is position
+    p % hw of launch image imgs[p // hw]; each (image, channel)'s outputs are a sorted run of fo_key (starts),
+    searched for the block's first position."""
+    for nr in range(p0 // hw, (p1 - 1) // hw + 1):
+        img = imgs[nr]
+        pa, pb = max(p0 - nr * hw, 0), min(p1 - nr * hw, hw)
+        row0 = nr * hw - p0
+        for oo in range(og):
+            c = img * o_total + j * og + oo
+            lo, hi = starts[c], starts[c + 1]
+            if lo == hi:
+                continue
+            base = c * hw
+            first = base + pa
+            while lo < hi:                              # the first output at a position >= pa
+                mid = (lo + hi) >> 1
+                if fo_key[mid] < first:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            end = base + pb
+            f = lo
+            while f < starts[c + 1] and fo_key[f] < end:
+                v = np.int64(acc[row0 + fo_key[f] - base, oo])
+                fo_clean[f] = _wrap32(v) if wrap else v
+                f += 1
 
 
 class Corrector:
@@ -379,18 +382,14 @@ class Corrector:
                             np.int64)
         self.rel_of = np.full(g.N, -1, np.int64)
         self.rel_of[self.imgs] = np.arange(len(self.imgs))
-        self.npos = len(self.imgs) * g.Ho * g.Wo
-        self.start, self.order = block_index(self.fo_key, self.rel_of, g.O, g.Og, g.Ho * g.Wo, self.npos, g.group)
+        self.starts = channel_starts(self.fo_key, g.Ho * g.Wo, g.N * g.O)
 
     def __call__(self, j, p0, p1, acc, cols):
         g = self.g
         hw = g.Ho * g.Wo
         if len(self.fo_key):
-            base = j * self.npos
-            sel = self.order[self.start[base + p0]:self.start[base + p1]]
-            if len(sel):
-                take_clean(acc, acc.dtype == np.float64, sel, self.fo_key, self.fo_clean, self.rel_of, g.O, g.Og, j,
-                           hw, p0)
+            take_clean(acc, acc.dtype == np.float64, self.fo_key, self.fo_clean, self.starts, self.imgs, g.O, g.Og, j,
+                       hw, p0, p1)
         if self.sat is not None:
             S = acc.astype(np.int64)
             S = (S + (1 << 31)) % (1 << 32) - (1 << 31)
