@@ -12,7 +12,7 @@ import pytest
 from caffe_unstable.accel.backends.numba import NumbaBackend, corrections, mac_run, plan_conv
 from caffe_unstable.accel.faults import conv_geometry, k_thresholds, reference_layer
 from caffe_unstable.accel.faults.carry_horizon import ch_add
-from caffe_unstable.accel.faults.plan import (MEM_EVENT_DTYPE, RATE_EVENT_DTYPE, STUCK_DTYPE, LayerPlan,
+from caffe_unstable.accel.faults.plan import (MAC_EVENT_DTYPE, MEM_EVENT_DTYPE, RATE_EVENT_DTYPE, STUCK_DTYPE, LayerPlan,
                                               TimingPlan, mac_events, records)
 from caffe_unstable.accel.geometry import ConvGeometry, ConvStage
 from caffe_unstable.accel.interface import HwConfig, Launch
@@ -468,6 +468,28 @@ def test_launch_names_a_bad_record_as_validate_does(field, value):
     with pytest.raises(CaffeUnstableError) as got:
         lay.run(lp, "auto")
     assert got.value.line() == want.value.line()
+
+
+def test_record_arrays_outputs():
+    """record_arrays' faulted outputs and record ranges equal corrections.faulted_outputs of its keys;
+    out-of-order plans are still sorted (and have no outputs listed), and a bad first or last record is named."""
+    rng = np.random.default_rng(31)
+    for trial in range(40):
+        lay = random_layer(rng, 4, 4, 1, 4)
+        g = lay.geom
+        ev = np.sort(random_mac_events(rng, g, lay.hw, int(rng.integers(1, 120))), order=list(MAC_EVENT_DTYPE.names))
+        got = plan_conv.record_arrays(ev, g, True, LayerPlan(1, "l", mac_events=ev), lay.fault_geometry())
+        key = ((ev["n"].astype(np.int64) * g.O + ev["o"]) * g.Ho + ev["y"]) * g.Wo + ev["x"]
+        assert np.array_equal(got["key"], key)
+        fo_key, fo_rng = corrections.faulted_outputs(key, np.empty(0, np.int64))
+        assert np.array_equal(got["outputs"][0], fo_key) and np.array_equal(got["outputs"][1], fo_rng)
+        shuffled = ev[rng.permutation(len(ev))]
+        back = plan_conv.record_arrays(shuffled, g, True)
+        assert ("outputs" in back) == np.array_equal(shuffled, ev) and np.array_equal(back["key"], key)
+        bad = ev.copy()
+        bad["o"][-1 if trial % 2 else 0] = g.O
+        with pytest.raises(CaffeUnstableError, match="mac_events.o = "):
+            plan_conv.record_arrays(bad, g, True, LayerPlan(1, "l", mac_events=bad), lay.fault_geometry())
 
 
 @pytest.mark.parametrize("shape", [(0,), (7,), (8,), (3, 5, 7, 11)])

@@ -358,12 +358,12 @@ class Corrector:
     """The fast path's sums_reader for one launch: the faulted outputs' records (sorted keys ((n O + o) Ho + y) Wo
     + x of MAC-flip and rate records). Called on each GEMM block, it keeps the clean sums of that block's faulted
     outputs; `finish` computes their faulty sums from the records, reading the operands from the int8 device
-    input and weights (column_weights), in parallel over outputs, and writes their int8 values over the clean
+    input and weights (wk: chain_weights, off: chain_offsets), in parallel over outputs, and writes their int8 values over the clean
     ones. imgs maps the GEMM's image rows to launch images (a weight variant runs a subset); x is the GEMM's
     input (one row per image of imgs); sat, when given ((N, O, Ho, Wo) bool), receives every output's
     saturation (memory faults change outputs that have no record)."""
 
-    def __init__(self, mac, rate, wk, rb, geom, fmt, relu, widths, imgs, x, sat=None):
+    def __init__(self, mac, rate, wk, off, rb, geom, fmt, relu, widths, imgs, x, sat=None):
         g = geom
         self.mac, self.rate = mac, rate
         if "outputs" in mac and not len(rate["key"]):      # found by plan_conv.record_arrays' pass already
@@ -372,12 +372,12 @@ class Corrector:
             self.fo_key, self.fo_rng = faulted_outputs(mac["key"], rate["key"])
         self.fo_clean = np.zeros(len(self.fo_key), np.int64)
         self.flags = np.zeros(len(self.fo_key), np.uint8)
-        self.wk, self.x = wk, padded_input(x, g)
+        self.wk, self.x = wk, x
         self.rb, self.g, self.fmt, self.relu = rb, g, fmt, relu
         self.widths = np.asarray(widths, np.int64)
         self.imgs = np.asarray(imgs, np.int64)
         self.sat = sat
-        self.off = chain_offsets(g)
+        self.off = off
         self.geo = np.array([g.Kh, g.Kw, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.O, g.Og, g.Ho, g.Wo, g.pipe],
                             np.int64)
         self.rel_of = np.full(g.N, -1, np.int64)
@@ -406,7 +406,8 @@ class Corrector:
         g = self.g
         if len(self.fo_key):
             mac, rate = self.mac, self.rate
-            split(correct_outputs, len(self.fo_key), len(self.fo_key) * g.L * g.vec // 8, self.x, self.wk, self.off,
+            xp = padded_input(self.x, g)     # here, after the GEMM: in cache for the corrections
+            split(correct_outputs, len(self.fo_key), len(self.fo_key) * g.L * g.vec // 8, xp, self.wk, self.off,
                   self.geo, self.fo_key, self.fo_rng, self.fo_clean, rel_of, mac["t"], mac["site"], mac["bit"],
                   rate["t"], rate["bit"], self.rb, self.fmt.n, self.relu, self.widths, out, self.flags)
         if self.sat is not None and len(self.fo_key):

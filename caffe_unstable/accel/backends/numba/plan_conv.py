@@ -24,7 +24,7 @@ from ...faults import plan as fplan
 from ...faults.indexing import GEOMETRY_KEYS, geometry_from
 from ...quant import bias_term
 from . import conv, mac_run
-from .corrections import Corrector, chain_weights
+from .corrections import Corrector, chain_offsets, chain_weights
 from .memory_faults import faulty_input, weight_variants
 
 SITE_CODES = {"accumulate": 0, "final_reduce": 1, "adder_tree": 2}
@@ -266,7 +266,7 @@ class PlanConv:
         xs = x if whole else x[imgs]
         fix = None
         if len(pick["mac"]["key"]) or len(pick["rate"]["key"]) or sat is not None:
-            fix = Corrector(pick["mac"], pick["rate"], self._column_weights(wdev), rb, g, self.stage.fmt,
+            fix = Corrector(pick["mac"], pick["rate"], *self._column_weights(wdev), rb, g, self.stage.fmt,
                             self.stage.relu, self.widths, imgs, xs, sat)
         dst = out if whole else np.zeros((len(imgs),) + out.shape[1:], out.dtype)
         reader = fix
@@ -280,14 +280,17 @@ class PlanConv:
         return fix.counts() if fix is not None else (0, 0)
 
     def _column_weights(self, wdev):
-        """corrections.chain_weights of wdev, cached for the slot's device weights (rebuilt after an upload)."""
+        """(corrections.chain_weights of wdev, chain_offsets of the layer), cached for the slot's device weights
+        and input shape (rebuilt after an upload)."""
+        g = self.g
+        shape = (g.C, g.H, g.W, g.pad_h, g.pad_w)
         cached = self.mem.get("_column_weights")
-        if cached is not None and cached[0] is wdev:
-            return cached[1]
-        wk = chain_weights(wdev, self.g)
+        if cached is not None and cached[0] is wdev and cached[1] == shape:
+            return cached[2]
+        both = (chain_weights(wdev, g), chain_offsets(g))
         if wdev is self.mem.get("weights"):
-            self.mem["_column_weights"] = (wdev, wk)
-        return wk
+            self.mem["_column_weights"] = (wdev, shape, both)
+        return both
 
     def _loop(self, x, wdev, rb, imgs, out, in_loop_rec, flags):
         """The register loop over the loop outputs of `imgs` (grouped by their channel sets)."""
