@@ -195,12 +195,12 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
     pre_t = np.zeros(pipe, np.int64)
     pre_v = np.zeros(pipe, np.int64)
     i_wo, i_ho, i_o, i_og, i_pipe, i_vo = 1.0 / wo, 1.0 / ho, 1.0 / o_total, 1.0 / og, 1.0 / pipe, 1.0 / vec_out
-    # First, in a loop without data-dependent branches, each output's coordinates, and whether it is settled: one
-    # accumulator flip of bit b changes S by +2^b or -2^b, and when both give the same int8 value (and
-    # saturation) its chain prefix is not needed (a third of CaffeNet's at 10^-4.5; a product flip's m_t costs
-    # less than the test). Then the m_t of the first record of each unsettled output: their operands are
-    # scattered over the layer, and here the loads of many outputs overlap (in the record loop below each waits
-    # behind mispredicted branches).
+    # First each output's coordinates, and whether it is settled: one accumulator flip of bit b changes S by +2^b
+    # or -2^b, and when both give the same int8 value (and saturation) its chain prefix is not needed (a third of
+    # CaffeNet's at 10^-4.5; a product flip's m_t costs less than the test). Then the m_t of the first record of
+    # each unsettled output at the product site, in a loop of its own: their operands are scattered over the
+    # layer, and here the loads of many outputs overlap. Then the outputs: one flip (most of them) straight onto
+    # S, several through the general loop over chains and steps.
     cnt = i1 - i0
     c_n, c_o, c_y, c_x = (np.empty(cnt, np.int64), np.empty(cnt, np.int64), np.empty(cnt, np.int64),
                           np.empty(cnt, np.int64))
@@ -235,7 +235,10 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
     for u in range(unsettled):
         c = c_m0[u]
         e0 = min(fo_rng[i0 + c, 0], last)
-        t0, r0 = _divmod(np.int64(ev_t[e0]) if e0 >= 0 else np.int64(0), pipe, i_pipe)
+        if e0 < 0 or ev_site[e0] != 0:      # only a product record's m_t is read here (predictable: one site)
+            c_m0[u] = 0
+            continue
+        t0, r0 = _divmod(np.int64(ev_t[e0]), pipe, i_pipe)
         c_m0[u] = _step_sum(xw, c_base[c], off, r0, wcw, (c_o[c] * pipe + r0) * ni * nw, nw, t0)
     u = 0
     for f_i in range(i0, i1):
@@ -249,6 +252,22 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
         m0 = c_m0[u]
         u += 1
         if n < 0:
+            continue
+        e, e1, f, f1 = fo_rng[f_i, 0], fo_rng[f_i, 1], fo_rng[f_i, 2], fo_rng[f_i, 3]
+        if e1 - e == 1 and f == f1 and ev_site[e] != 2:
+            # one product or accumulator flip (most faulted outputs): its delta straight onto S
+            clean = fo_clean[f_i]
+            if ev_site[e] == 0:
+                d = _flip_delta(_wrap32(m0), np.int64(ev_bit[e]), wp)
+            else:
+                ti, r = _divmod(np.int64(ev_t[e]), pipe, i_pipe)
+                a = _chain_sum(xw, xbase, off, r, wcw, (o * pipe + r) * ni * nw, nw, 0, ti + 1)
+                d = _flip_delta(_wrap32(a), np.int64(ev_bit[e]), wa)
+            s = _wrap32(clean + d)
+            yv, sat = _convert_sat(s, rb[o], nsh, relu)
+            ob, oi = _divmod(o, vec_out, i_vo)
+            out[n, ob, y, xo, oi] = yv
+            fo_flags[f_i] = (yv != _convert(clean, rb[o], nsh, relu)) * 2 + sat * 4
             continue
         for r in range(pipe):
             D[r] = 0
