@@ -19,6 +19,7 @@ step), so a chain prefix is a contiguous run of VEC-byte words (measured on Caff
 import numpy as np
 from numba import njit
 
+from .mac_run import flag_counts
 from .threads import split
 
 
@@ -434,4 +435,4 @@ class Corrector:
 
     def counts(self):
         """(outputs changed, of which saturated) among the faulted outputs."""
-        return int(((self.flags & 2) != 0).sum()), int(((self.flags & 6) == 6).sum())
+        return flag_counts(self.flags)[1:]
