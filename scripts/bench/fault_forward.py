@@ -102,7 +102,9 @@ def bench(name, repeat):
     x = (rng.random(shape) * scale if kind == "uniform" else rng.normal(0, scale, shape)).astype(np.float32)
     float_net.blobs[float_net.inputs[0]].data[...] = x
     float_net.forward()
-    acc = caffe.accel.open("numba", quant=quant)
+    # the shipped profiles' register widths (an 18-bit product, pipecnn.md §1.2); the clean forward and the
+    # accumulator-site and carry-horizon runs do not depend on the product's width
+    acc = caffe.accel.open("numba", quant=quant, width_product=18)
     layers = accel_layers(float_net, load_quant(quant), acc.hw)
     h = Harness(acc, layers)
     profile = DeviceProfile.load(PROFILE)
