@@ -12,8 +12,8 @@ import pytest
 from caffe_unstable.accel.backends.numba import NumbaBackend, corrections, mac_run, plan_conv
 from caffe_unstable.accel.faults import conv_geometry, k_thresholds, reference_layer
 from caffe_unstable.accel.faults.carry_horizon import ch_add
-from caffe_unstable.accel.faults.plan import (MAC_EVENT_DTYPE, MEM_EVENT_DTYPE, RATE_EVENT_DTYPE, STUCK_DTYPE, LayerPlan,
-                                              TimingPlan, mac_events, records)
+from caffe_unstable.accel.faults.plan import (MAC_EVENT_DTYPE, MEM_EVENT_DTYPE, RATE_EVENT_DTYPE, STUCK_DTYPE,
+                                              LayerPlan, TimingPlan, mac_events, records)
 from caffe_unstable.accel.geometry import ConvGeometry, ConvStage
 from caffe_unstable.accel.interface import HwConfig, Launch
 from caffe_unstable.accel.quant import LayerFormat

@@ -45,8 +45,8 @@ def test_layer_records_equal_the_reference_draws():
         ev = np.empty(batch * N, MAC_EVENT_DTYPE)
         cols = tuple(ev[f] for f in MAC_EVENT_DTYPE.names)
         args = (g.generator, g.words, g.flags, np.array(streams.uint32_words(seed), np.uint32),
-                np.array(prefix, np.int64), batch, N, rate, lo, hi, geo["VEC_SIZE"], geo["L"], geo["LANE_NUM"], geo["conv_x"],
-                geo["conv_y"], geo["po"], geo["O"], 1)
+                np.array(prefix, np.int64), batch, N, rate, lo, hi, geo["VEC_SIZE"], geo["L"], geo["LANE_NUM"],
+                geo["conv_x"], geo["conv_y"], geo["po"], geo["O"], 1)
         kept, masked = mac_records.layer_records(*args, *cols)
         ref = [sample_flips(generator(seed, tuple(prefix[:5]) + (i,)), N, rate, lo, hi) for i in range(batch)]
         k, bits = np.concatenate([r[0] for r in ref]), np.concatenate([r[1] for r in ref])

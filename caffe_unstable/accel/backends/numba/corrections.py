@@ -9,12 +9,13 @@ need is recomputed: VEC products for m_t, one chain prefix for A_t (extended inc
 several records), never a whole layer.
 
 `Corrector` is conv.conv_fast's sums_reader: from each GEMM block it only takes the clean sums of the faulted
-outputs in it (each (image, channel)'s sorted run of outputs searched for the block's positions, no sort); `finish` then computes their faulty sums
-in one pass over the outputs in plan order, on the ops' threads, and writes their int8 values over the clean
-ones. The operands come from int8 copies, not from the GEMM's float columns (4x larger, mostly evicted by then):
-the input zero-padded with its padded vec slots zeroed, and the weights in chain-major order (filter, chain,
-step), so a chain prefix is a contiguous run of VEC-byte words (measured on CaffeNet at 10^-4.5, one thread:
-75 -> 51 ms for 240k records). Per faulted output it records whether the value changed and saturated.
+outputs in it (each (image, channel)'s sorted run of outputs searched for the block's positions, no sort);
+`finish` then computes their faulty sums in one pass over the outputs in plan order, on the ops' threads, and
+writes their int8 values over the clean ones. The operands come from int8 copies, not from the GEMM's float
+columns (4x larger, mostly evicted by then): the input zero-padded with its padded vec slots zeroed (made after
+the GEMM, so it is in cache), and the weights in chain-major order (filter, chain, step), so a chain prefix is a
+contiguous run of VEC-byte words (measured on CaffeNet at 10^-4.5, one thread: 75 -> 51 ms for 240k records).
+Per faulted output it records whether the value changed and saturated.
 """
 import numpy as np
 from numba import njit
@@ -378,10 +379,10 @@ class Corrector:
     """The fast path's sums_reader for one launch: the faulted outputs' records (sorted keys ((n O + o) Ho + y) Wo
     + x of MAC-flip and rate records). Called on each GEMM block, it keeps the clean sums of that block's faulted
     outputs; `finish` computes their faulty sums from the records, reading the operands from the int8 device
-    input and weights (wk: chain_weights, off: chain_offsets), in parallel over outputs, and writes their int8 values over the clean
-    ones. imgs maps the GEMM's image rows to launch images (a weight variant runs a subset); x is the GEMM's
-    input (one row per image of imgs); sat, when given ((N, O, Ho, Wo) bool), receives every output's
-    saturation (memory faults change outputs that have no record)."""
+    input and weights (wk: chain_weights, off: chain_offsets), in parallel over outputs, and writes their int8
+    values over the clean ones. imgs maps the GEMM's image rows to launch images (a weight variant runs a
+    subset); x is the GEMM's input (one row per image of imgs); sat, when given ((N, O, Ho, Wo) bool), receives
+    every output's saturation (memory faults change outputs that have no record)."""
 
     def __init__(self, mac, rate, wk, off, rb, geom, fmt, relu, widths, imgs, x, sat=None):
         g = geom
