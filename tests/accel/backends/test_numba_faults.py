@@ -492,9 +492,13 @@ def test_record_arrays_outputs():
             plan_conv.record_arrays(bad, g, True, LayerPlan(1, "l", mac_events=bad), lay.fault_geometry())
 
 
-@pytest.mark.parametrize("shape", [(0,), (7,), (8,), (3, 5, 7, 11)])
-def test_flag_counts_equal_numpy(shape):
+@pytest.mark.parametrize("shape", [(0,), (7,), (8,), (3, 5, 7, 11), (5, 1021), (4, 2040)])
+@pytest.mark.parametrize("full", [False, True])
+def test_flag_counts_equal_numpy(shape, full):
+    """Random flags, and every flag set (the per-byte counters at their largest, 255 words of 7s)."""
     flags = np.random.default_rng(len(shape)).integers(0, 8, shape).astype(np.uint8)
+    if full:
+        flags[...] = 7
     assert mac_run.flag_counts(flags) == (int((flags & 1).sum()), int(((flags & 2) != 0).sum()),
                                           int(((flags & 6) == 6).sum()))
 

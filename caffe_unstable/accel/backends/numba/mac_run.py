@@ -54,27 +54,33 @@ def layout(npos, kf, group, og):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _popcount(v):
-    """Set bits of uint64 v (SWAR; LLVM turns it into popcnt)."""
-    v = v - ((v >> np.uint64(1)) & np.uint64(0x5555555555555555))
-    v = (v & np.uint64(0x3333333333333333)) + ((v >> np.uint64(2)) & np.uint64(0x3333333333333333))
-    v = (v + (v >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    return np.int64((v * np.uint64(0x0101010101010101)) >> np.uint64(56))
+def _byte_sum(v):
+    """The sum of the eight bytes of uint64 v."""
+    m = np.uint64(0x00FF00FF00FF00FF)
+    v = (v & m) + ((v >> np.uint64(8)) & m)            # four 16-bit sums, each <= 510
+    return np.int64((v * np.uint64(0x0001000100010001)) >> np.uint64(48))
 
 
 @njit(cache=True, nogil=True)
 def flag_counts(flags):
     """(outputs hit, changed, changed and saturated) of the loop's per-output flags (1 a late add, 2 the int8
-    output changed, 4 it saturated), eight flags per word: three NumPy reductions over a layer's outputs cost
-    more than the rest of the launch's bookkeeping."""
+    output changed, 4 it saturated), eight flags per word, counted in per-byte counters that are summed every
+    255 words (a shift, a mask and an add per word and count; three NumPy reductions over a layer's outputs
+    cost more than the rest of the launch's bookkeeping)."""
     f = flags.reshape(-1)
     words = f[:f.size // 8 * 8].view(np.uint64)
-    ones, twos = np.uint64(0x0101010101010101), np.uint64(0x0202020202020202)
+    ones, one, two = np.uint64(0x0101010101010101), np.uint64(1), np.uint64(2)
     hit = changed = saturated = 0
-    for w in words:
-        hit += _popcount(w & ones)
-        changed += _popcount(w & twos)
-        saturated += _popcount(w & (w >> np.uint64(1)) & twos)
+    for b0 in range(0, words.size, 255):
+        a = c = s = np.uint64(0)
+        for i in range(b0, min(b0 + 255, words.size)):
+            w = words[i]
+            a += w & ones
+            c += (w >> one) & ones
+            s += (w >> one) & (w >> two) & ones
+        hit += _byte_sum(a)
+        changed += _byte_sum(c)
+        saturated += _byte_sum(s)
     for i in range(words.size * 8, f.size):
         v = np.int64(f[i])
         hit += v & 1
