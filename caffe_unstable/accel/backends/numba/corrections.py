@@ -54,30 +54,21 @@ def _flip_delta(v, b, w):
     return (np.int64(1) << (w - 1)) if bit else -(np.int64(1) << (w - 1))
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _convert(acc, rb, n, relu):
-    # the §1.5 closed form; a copy of conv.py's (numba's cache does not see edits to other modules)
-    r1 = (acc + (np.int64(1) << (n - 1))) >> n
-    if r1 >= 128:
-        y = 127
-    elif r1 <= -129:
-        y = -128
-    else:
-        y = ((r1 + rb + 128) & 255) - 128
-    if relu and y < 0:
-        y = 0
-    return y
-
-
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _convert_sat(acc, rb, n, relu):
-    """(_convert(acc, rb, n, relu), whether the rounded value saturates), without branches."""
+    """(the int8 output of int32 sum acc, whether its rounded value saturates): the §1.5 closed form, a copy of
+    conv.py's (numba's cache does not see edits to other modules), without branches."""
     r1 = (acc + (np.int64(1) << (n - 1))) >> n
     hi, lo = r1 >= 128, r1 <= -129
     y = np.int64(127) if hi else (np.int64(-128) if lo else ((r1 + rb + 128) & 255) - 128)
     if relu:
         y = max(y, np.int64(0))
     return y, np.int64(hi | lo)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _convert(acc, rb, n, relu):
+    return _convert_sat(acc, rb, n, relu)[0]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -319,16 +310,10 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
         for e in range(fo_rng[f_i, 0], fo_rng[f_i, 1]):
             if ev_site[e] == 2:
                 s = _wrap32(s + _flip_delta(s, np.int64(ev_bit[e]), wf))
-        yv = _convert(s, rb[o], nsh, relu)
+        yv, sat = _convert_sat(s, rb[o], nsh, relu)
         ob, oi = _divmod(o, vec_out, i_vo)
         out[n, ob, y, xo, oi] = yv
-        flag = 0
-        if yv != _convert(clean, rb[o], nsh, relu):
-            flag = 2
-        r1 = (s + (np.int64(1) << (nsh - 1))) >> nsh
-        if r1 >= 128 or r1 <= -129:
-            flag |= 4
-        fo_flags[f_i] = flag
+        fo_flags[f_i] = (yv != _convert(clean, rb[o], nsh, relu)) * 2 + sat * 4
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
