@@ -213,8 +213,16 @@ def loop_layout(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["chain columns", "padded input"])
+def chain_source(request, monkeypatch):
+    """Both sources of the accumulator corrections' chain prefixes: the chain-major columns (corrections.
+    chain_columns) whenever there is an accumulator record, or never (the chain offsets into the padded input)."""
+    monkeypatch.setattr(corrections, "CHAIN_COLUMNS_GAIN", 0.0 if request.param == "chain columns" else np.inf)
+    return request.param
+
+
 @pytest.mark.parametrize("case", range(12))
-def test_random_plans_auto_equals_mac_order_and_reference(case, loop_layout):
+def test_random_plans_auto_equals_mac_order_and_reference(case, loop_layout, chain_source):
     rng = np.random.default_rng(100 + case)
     vec = (4, 8)[case % 2]
     lane = (3, 4, 5)[case % 3]
@@ -275,7 +283,7 @@ def test_unsorted_thresholds_take_the_general_second_pass(loop_layout):
     assert np.array_equal(auto, lay.reference(lp)[0]) and stats["late_adds"] > 0
 
 
-def test_fast_corrections_equal_the_loop_on_dense_flips():
+def test_fast_corrections_equal_the_loop_on_dense_flips(chain_source):
     """Many records per output and chain (every site, narrow widths, repeats) on batch 3, groups, padded lanes."""
     rng = np.random.default_rng(7)
     lay = random_layer(rng, 8, 5, 2, 3, (24, 29, 30))
@@ -413,7 +421,7 @@ def test_take_clean_finds_each_blocks_outputs():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_single_accumulator_flips_settled_or_not_equal_the_reference(seed):
+def test_single_accumulator_flips_settled_or_not_equal_the_reference(seed, chain_source):
     """Outputs with one accumulator flip whose two possible deltas, +2^b and -2^b, give the same int8 value are
     written without their chain prefix (corrections.py); every bit, ReLU or not, narrow accumulators, sums near a
     rounding edge or the int32 limits: the fast path equals the reference, and so do the flags."""
@@ -523,7 +531,7 @@ def test_stats_fields_and_events_next_to_a_plan():
 
 
 @pytest.mark.parametrize("shape", [(1, 9, 9, 3, 1), (3, 11, 7, 5, 1), (4096, 1, 1, 256, 0)])
-def test_fast_corrections_on_first_layers_and_skinny_fc(shape):
+def test_fast_corrections_on_first_layers_and_skinny_fc(shape, chain_source):
     """The GEMM path's other column and sum layouts: a first layer (C < VEC: planar columns) and an FC layer
     big enough for the int8 skinny sums (float64); MAC flips and rate errors at all sites equal the reference."""
     C, H, W, O, k = shape
@@ -545,7 +553,7 @@ def test_fast_corrections_on_first_layers_and_skinny_fc(shape):
 
 
 @pytest.mark.parametrize("case", range(4))
-def test_fast_corrections_vec16_strides_and_flipped_padding(case):
+def test_fast_corrections_vec16_strides_and_flipped_padding(case, chain_source):
     """The corrections read int8 words of a zero-padded input copy (padded vec slots zeroed): VEC 16 (four words a
     step), stride_w 2, and many activation/weight memory flips, so that some land on padding bytes, which the
     §1.2 loop treats as 0 whatever they hold. fast == mac == reference."""

@@ -267,7 +267,7 @@ class PlanConv:
         fix = None
         if len(pick["mac"]["key"]) or len(pick["rate"]["key"]) or sat is not None:
             fix = Corrector(pick["mac"], pick["rate"], *self._column_weights(wdev), rb, g, self.stage.fmt,
-                            self.stage.relu, self.widths, imgs, xs, sat)
+                            self.stage.relu, self.widths, imgs, xs, sat, self.be._scratch_buffer)
         dst = out if whole else np.zeros((len(imgs),) + out.shape[1:], out.dtype)
         reader = fix
         if self._mask is not None:
