@@ -90,12 +90,15 @@ def hardware_records(k, bits, n, vec, L, lanes, conv_x, conv_y, po, O, site, ev_
 
 @njit(cache=True, nogil=True)
 def layer_records(gen, words, flags, entropy_words, key, batch, N, rate, lo, hi, vec, L, lanes, conv_x, conv_y, po,
-                  O, site, ev_n, ev_o, ev_y, ev_x, ev_t, ev_site, ev_bit):
+                  O, site, ev_n, ev_o, ev_y, ev_x, ev_t, ev_site, ev_bit, fo_key, fo_rng):
     """Stream 1's draws for images 0 .. batch-1 of one layer (key[5] = image; streams.py's reseedable generator
-    gen over words and flags) turned into sorted records in the ev_* columns: (records written, positions on
-    padded lanes dropped), or (-1, 0) when the columns are too short."""
+    gen over words and flags) turned into sorted records in the ev_* columns, and their faulted outputs: keys
+    ((n O + o) conv_y + y) conv_x + x in fo_key and each one's record range in fo_rng[:, :2] (columns 2 and 3,
+    the rate records' range, 0), as corrections.faulted_outputs gives them. Returns (records written, positions
+    on padded lanes dropped, outputs), or (-1, 0, 0) when the columns are too short."""
     scratch = np.empty(32, np.uint32)
-    w = masked = 0
+    w = masked = m = 0
+    prev = np.int64(-1)
     for n in range(batch):
         key[5] = n
         s_lo, s_hi, i_lo, i_hi = streams.pcg64_state(entropy_words, key, scratch)
@@ -106,10 +109,21 @@ def layer_records(gen, words, flags, entropy_words, key, batch, N, rate, lo, hi,
             continue
         k = streams.distinct(gen, N, F)
         bits = gen.integers(lo, hi + 1, F)
-        if w + F > len(ev_n):
-            return -1, 0
+        if w + F > len(ev_n) or w + F > len(fo_key):
+            return -1, 0, 0
         kept = hardware_records(k, bits, np.full(F, n, np.int64), vec, L, lanes, conv_x, conv_y, po, O, site,
                                 ev_n[w:], ev_o[w:], ev_y[w:], ev_x[w:], ev_t[w:], ev_site[w:], ev_bit[w:])
+        for i in range(w, w + kept):        # the image's records are in output order: new keys start outputs
+            out = ((np.int64(n) * O + ev_o[i]) * conv_y + ev_y[i]) * conv_x + ev_x[i]
+            if out != prev:
+                if m:
+                    fo_rng[m - 1, 1] = i
+                fo_key[m] = out
+                fo_rng[m, 0], fo_rng[m, 2], fo_rng[m, 3] = i, 0, 0
+                m += 1
+                prev = out
         masked += F - kept
         w += kept
-    return w, masked
+    if m:
+        fo_rng[m - 1, 1] = w
+    return w, masked, m

@@ -130,6 +130,25 @@ class LayerPlan:
     stuck: np.ndarray = field(default_factory=lambda: empty("stuck"))
     masked: int = 0          # sampled MAC flips that fell on padded lanes (dropped, no visible effect)
     rate_masked: int = 0     # the same for rate-model timing errors
+    # what the sampler knows of its MAC-flip records (set_outputs); not a plan field: not saved, not compared,
+    # and dataclasses.replace drops it
+    sampled: tuple = field(default=None, init=False, repr=False, compare=False)
+
+    def set_outputs(self, batch, keys, ranges):
+        """Record, for the sampler's mac_events (made read-only here: an edit in place would leave this stale),
+        their faulted outputs: keys ((n O + o) conv_y + y) conv_x + x and each one's record range (ranges[:, :2];
+        columns 2-3 zero), for `batch` images. A backend may then skip its own pass over the records
+        (outputs())."""
+        self.mac_events.flags.writeable = False
+        self.sampled = (self.mac_events, int(batch), keys, ranges)
+
+    def outputs(self, batch):
+        """(keys, ranges) of set_outputs when they still describe mac_events (the same read-only array) and its
+        images fit in `batch`; else None."""
+        s = self.sampled
+        if s is None or s[0] is not self.mac_events or self.mac_events.flags.writeable or s[1] > batch:
+            return None
+        return s[2], s[3]
 
     def is_empty(self):
         return self.timing is None and not any(len(getattr(self, k)) for k in RECORD_FIELDS)

@@ -57,6 +57,8 @@ def merge(into, part):
         if len(extra):
             current = getattr(into, kind)
             setattr(into, kind, np.concatenate([current, extra]) if len(current) else extra)
+    if part.sampled is not None and into.mac_events is part.mac_events:
+        into.sampled = part.sampled
     if part.timing is not None:
         into.timing = part.timing
     into.masked += part.masked

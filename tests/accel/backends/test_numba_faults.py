@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from caffe_unstable.accel.backends.numba import NumbaBackend, corrections, mac_run, plan_conv
-from caffe_unstable.accel.faults import conv_geometry, k_thresholds, reference_layer
+from caffe_unstable.accel.faults import MacFlip, PassKey, conv_geometry, k_thresholds, reference_layer, sample_plan
 from caffe_unstable.accel.faults.carry_horizon import ch_add
 from caffe_unstable.accel.faults.plan import (MAC_EVENT_DTYPE, MEM_EVENT_DTYPE, RATE_EVENT_DTYPE, STUCK_DTYPE,
                                               LayerPlan, TimingPlan, mac_events, records)
@@ -576,3 +576,35 @@ def test_fast_corrections_vec16_strides_and_flipped_padding(case, chain_source):
     assert np.array_equal(fast, mac)
     assert np.array_equal(fast, lay.reference(lp)[0])
     assert sf["outputs_changed"] == sm["outputs_changed"]
+
+
+@pytest.mark.parametrize("site", ["accumulator", "product"])
+def test_sampled_plans_skip_the_record_pass_and_equal_a_copy(site, monkeypatch):
+    """A plan from the sampler carries its faulted outputs (LayerPlan.outputs, read-only records): the launch
+    uses them instead of its own pass over the records, with the same outputs and counts as a writable copy
+    of the plan (which takes record_arrays' path) and as the reference. An edit in place is refused; a
+    replaced array, or a launch with fewer images than the plan was sampled for, takes the checked path."""
+    rng = np.random.default_rng(41 if site == "product" else 42)
+    lay = random_layer(rng, 4, 4, 2, 3, (18, 32, 32))
+    g, gd = lay.geom, lay.fault_geometry()
+    lp = sample_plan([MacFlip(0.01, site)], [(0, "conv", gd)], g.N, PassKey(5, 1, 0, 0)).layer(0)
+    assert lp.outputs(g.N) is not None and len(lp.mac_events) > 20
+    with pytest.raises(ValueError, match="read-only"):
+        lp.mac_events["bit"][0] = 0
+    copy = dataclasses.replace(lp, mac_events=lp.mac_events.copy())
+    assert copy.outputs(g.N) is None
+    passes = []
+    record_arrays = plan_conv.record_arrays
+    monkeypatch.setattr(plan_conv, "record_arrays", lambda rec, *a: passes.append(len(rec)) or record_arrays(rec, *a))
+    fast, stats = lay.run(lp, "fast")
+    assert passes == [0]                                    # the (empty) rate records only
+    slow, slow_stats = lay.run(copy, "fast")
+    assert passes == [0, len(lp.mac_events), 0]
+    assert np.array_equal(fast, slow) and np.array_equal(fast, lay.reference(lp)[0])
+    assert stats["outputs_changed"] == slow_stats["outputs_changed"] > 0
+    assert stats["outputs_saturated"] == slow_stats["outputs_saturated"]
+    assert lp.outputs(g.N - 1) is None
+    one = Layer(lay.x[:1], lay.w, lay.b, dataclasses.replace(g, N=1), lay.fmt, lay.relu, lay.hw)
+    assert one.fault_geometry() == gd and (lp.mac_events["n"] > 0).any()
+    with pytest.raises(CaffeUnstableError, match="mac_events.n"):
+        one.run(lp, "fast")

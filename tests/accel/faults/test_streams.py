@@ -43,11 +43,12 @@ def test_layer_records_equal_the_reference_draws():
         prefix = [1, int(rng.integers(0, 3)), int(rng.integers(0, 10 ** 6)), 0, int(rng.integers(0, 20)), 0]
         batch = int(rng.integers(1, 12))
         ev = np.empty(batch * N, MAC_EVENT_DTYPE)
-        cols = tuple(ev[f] for f in MAC_EVENT_DTYPE.names)
+        cols = tuple(ev[f] for f in MAC_EVENT_DTYPE.names) + (np.empty(batch * N, np.int64),
+                                                               np.empty((batch * N, 4), np.int64))
         args = (g.generator, g.words, g.flags, np.array(streams.uint32_words(seed), np.uint32),
                 np.array(prefix, np.int64), batch, N, rate, lo, hi, geo["VEC_SIZE"], geo["L"], geo["LANE_NUM"],
                 geo["conv_x"], geo["conv_y"], geo["po"], geo["O"], 1)
-        kept, masked = mac_records.layer_records(*args, *cols)
+        kept, masked, m = mac_records.layer_records(*args, *cols)
         ref = [sample_flips(generator(seed, tuple(prefix[:5]) + (i,)), N, rate, lo, hi) for i in range(batch)]
         k, bits = np.concatenate([r[0] for r in ref]), np.concatenate([r[1] for r in ref])
         n = np.concatenate([np.full(len(r[0]), i) for i, r in enumerate(ref)])
@@ -55,9 +56,15 @@ def test_layer_records_equal_the_reference_draws():
         want = sorted_mac_events(n[valid] if want_masked else n, o, y, x, st, 1, b, geo)
         assert (kept, masked) == (len(want), want_masked)
         assert np.array_equal(ev[:kept], want)
+        keys = ((want["n"].astype(np.int64) * geo["O"] + want["o"]) * geo["conv_y"] + want["y"]) * geo["conv_x"] \
+            + want["x"]
+        fo_key, first = np.unique(keys, return_index=True)                    # keys are sorted: runs
+        fo_rng = np.stack([first, np.append(first[1:], len(keys))[:len(first)], 0 * first, 0 * first], axis=1)
+        assert m == len(fo_key) and np.array_equal(cols[-2][:m], fo_key) and np.array_equal(cols[-1][:m], fo_rng)
         if kept:
             short = np.empty(kept - 1, MAC_EVENT_DTYPE)
-            assert mac_records.layer_records(*args, *(short[f] for f in MAC_EVENT_DTYPE.names)) == (-1, 0)
+            assert mac_records.layer_records(*args, *(short[f] for f in MAC_EVENT_DTYPE.names),
+                                             *cols[-2:]) == (-1, 0, 0)
         regimes |= 1 if N * rate <= 30 else 2
     assert regimes == 3
 

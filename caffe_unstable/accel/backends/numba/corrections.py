@@ -223,7 +223,8 @@ def _prefix_sum(xw, xbase, off, r, wcw, wc8, o, pipe, ni, nw, i0, i1, xc8, crow)
     columns xc8 (row crow) when they were made (crow >= 0), else through off from the padded input."""
     if crow >= 0:
         vec = nw * 4
-        return _run_dot(xc8, ((crow * pipe + r) * ni + i0) * vec, wc8, ((o * pipe + r) * ni + i0) * vec, (i1 - i0) * vec)
+        return _run_dot(xc8, ((crow * pipe + r) * ni + i0) * vec, wc8, ((o * pipe + r) * ni + i0) * vec,
+                        (i1 - i0) * vec)
     return _chain_sum(xw, xbase, off, r, wcw, (o * pipe + r) * ni * nw, nw, i0, i1)
 
 
