@@ -95,14 +95,15 @@ class MacFlip:
         while True:
             ev = np.empty(cap, MAC_EVENT_DTYPE)
             fo_key, fo_rng = np.empty(cap, np.int64), np.empty((cap, 4), np.int64)
+            starts = np.zeros(op.batch * g["O"] + 1, np.int64)
             kept, masked, m = mac_records.layer_records(gen.generator, gen.words, gen.flags, words, prefix, op.batch,
                                                         N, float(self.rate), lo, hi, g["VEC_SIZE"], g["L"],
                                                         g["LANE_NUM"], g["conv_x"], g["conv_y"], g["po"], g["O"],
                                                         SITES[self.site], *(ev[f] for f in MAC_EVENT_DTYPE.names),
-                                                        fo_key, fo_rng)
+                                                        fo_key, fo_rng, starts)
             if kept >= 0:
                 lp = LayerPlan(op.layer_index, op.layer_name, geometry, mac_events=ev[:kept], masked=masked)
-                lp.set_outputs(op.batch, fo_key[:m], fo_rng[:m])
+                lp.set_outputs(op.batch, fo_key[:m], fo_rng[:m], starts)
                 return lp
             cap *= 2
 

@@ -90,12 +90,13 @@ def hardware_records(k, bits, n, vec, L, lanes, conv_x, conv_y, po, O, site, ev_
 
 @njit(cache=True, nogil=True)
 def layer_records(gen, words, flags, entropy_words, key, batch, N, rate, lo, hi, vec, L, lanes, conv_x, conv_y, po,
-                  O, site, ev_n, ev_o, ev_y, ev_x, ev_t, ev_site, ev_bit, fo_key, fo_rng):
+                  O, site, ev_n, ev_o, ev_y, ev_x, ev_t, ev_site, ev_bit, fo_key, fo_rng, starts):
     """Stream 1's draws for images 0 .. batch-1 of one layer (key[5] = image; streams.py's reseedable generator
     gen over words and flags) turned into sorted records in the ev_* columns, and their faulted outputs: keys
     ((n O + o) conv_y + y) conv_x + x in fo_key and each one's record range in fo_rng[:, :2] (columns 2 and 3,
-    the rate records' range, 0), as corrections.faulted_outputs gives them. Returns (records written, positions
-    on padded lanes dropped, outputs), or (-1, 0, 0) when the columns are too short."""
+    the rate records' range, 0), as corrections.faulted_outputs gives them; starts (batch O + 1, zeros) becomes
+    corrections.channel_starts of fo_key. Returns (records written, positions on padded lanes dropped, outputs),
+    or (-1, 0, 0) when the columns are too short."""
     scratch = np.empty(32, np.uint32)
     w = masked = m = 0
     prev = np.int64(-1)
@@ -120,10 +121,13 @@ def layer_records(gen, words, flags, entropy_words, key, batch, N, rate, lo, hi,
                     fo_rng[m - 1, 1] = i
                 fo_key[m] = out
                 fo_rng[m, 0], fo_rng[m, 2], fo_rng[m, 3] = i, 0, 0
+                starts[n * O + ev_o[i] + 1] += 1
                 m += 1
                 prev = out
         masked += F - kept
         w += kept
     if m:
         fo_rng[m - 1, 1] = w
+    for c in range(batch * O):
+        starts[c + 1] += starts[c]
     return w, masked, m

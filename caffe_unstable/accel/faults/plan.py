@@ -134,21 +134,25 @@ class LayerPlan:
     # and dataclasses.replace drops it
     sampled: tuple = field(default=None, init=False, repr=False, compare=False)
 
-    def set_outputs(self, batch, keys, ranges):
+    def set_outputs(self, batch, keys, ranges, starts):
         """Record, for the sampler's mac_events (made read-only here: an edit in place would leave this stale),
-        their faulted outputs: keys ((n O + o) conv_y + y) conv_x + x and each one's record range (ranges[:, :2];
-        columns 2-3 zero), for `batch` images. A backend may then skip its own pass over the records
-        (outputs())."""
+        their faulted outputs: keys ((n O + o) conv_y + y) conv_x + x, each one's record range (ranges[:, :2];
+        columns 2-3 zero) and where each (image, channel)'s outputs start (starts, batch O + 1), for `batch`
+        images. A backend may then skip its own pass over the records (outputs())."""
         self.mac_events.flags.writeable = False
-        self.sampled = (self.mac_events, int(batch), keys, ranges)
+        self.sampled = (self.mac_events, int(batch), keys, ranges, starts)
 
     def outputs(self, batch):
-        """(keys, ranges) of set_outputs when they still describe mac_events (the same read-only array) and its
-        images fit in `batch`; else None."""
+        """(keys, ranges, starts) of set_outputs when they still describe mac_events (the same read-only array)
+        and its images fit in `batch` (starts then extended to batch images); else None."""
         s = self.sampled
         if s is None or s[0] is not self.mac_events or self.mac_events.flags.writeable or s[1] > batch:
             return None
-        return s[2], s[3]
+        starts = s[4]
+        if s[1] < batch:
+            extra = (batch - s[1]) * ((len(starts) - 1) // max(s[1], 1))
+            starts = np.concatenate([starts, np.full(extra, starts[-1], np.int64)])
+        return s[2], s[3], starts
 
     def is_empty(self):
         return self.timing is None and not any(len(getattr(self, k)) for k in RECORD_FIELDS)

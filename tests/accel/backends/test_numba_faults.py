@@ -583,7 +583,8 @@ def test_sampled_plans_skip_the_record_pass_and_equal_a_copy(site, monkeypatch):
     """A plan from the sampler carries its faulted outputs (LayerPlan.outputs, read-only records): the launch
     uses them instead of its own pass over the records, with the same outputs and counts as a writable copy
     of the plan (which takes record_arrays' path) and as the reference. An edit in place is refused; a
-    replaced array, or a launch with fewer images than the plan was sampled for, takes the checked path."""
+    replaced array, or a launch with fewer images than the plan was sampled for, takes the checked path; one
+    with more images extends the channel starts."""
     rng = np.random.default_rng(41 if site == "product" else 42)
     lay = random_layer(rng, 4, 4, 2, 3, (18, 32, 32))
     g, gd = lay.geom, lay.fault_geometry()
@@ -604,6 +605,11 @@ def test_sampled_plans_skip_the_record_pass_and_equal_a_copy(site, monkeypatch):
     assert stats["outputs_changed"] == slow_stats["outputs_changed"] > 0
     assert stats["outputs_saturated"] == slow_stats["outputs_saturated"]
     assert lp.outputs(g.N - 1) is None
+    keys, _, starts = lp.outputs(g.N + 2)                   # a launch of more images than were sampled
+    assert np.array_equal(starts, corrections.channel_starts(keys, g.Ho * g.Wo, (g.N + 2) * g.O))
+    more = Layer(np.concatenate([lay.x, lay.x[:2]]), lay.w, lay.b, dataclasses.replace(g, N=g.N + 2), lay.fmt,
+                 lay.relu, lay.hw)
+    assert np.array_equal(more.run(lp, "fast")[0], more.reference(lp)[0])
     one = Layer(lay.x[:1], lay.w, lay.b, dataclasses.replace(g, N=1), lay.fmt, lay.relu, lay.hw)
     assert one.fault_geometry() == gd and (lp.mac_events["n"] > 0).any()
     with pytest.raises(CaffeUnstableError, match="mac_events.n"):

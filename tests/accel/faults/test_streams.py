@@ -45,10 +45,11 @@ def test_layer_records_equal_the_reference_draws():
         ev = np.empty(batch * N, MAC_EVENT_DTYPE)
         cols = tuple(ev[f] for f in MAC_EVENT_DTYPE.names) + (np.empty(batch * N, np.int64),
                                                                np.empty((batch * N, 4), np.int64))
+        starts = np.zeros(batch * geo["O"] + 1, np.int64)
         args = (g.generator, g.words, g.flags, np.array(streams.uint32_words(seed), np.uint32),
                 np.array(prefix, np.int64), batch, N, rate, lo, hi, geo["VEC_SIZE"], geo["L"], geo["LANE_NUM"],
                 geo["conv_x"], geo["conv_y"], geo["po"], geo["O"], 1)
-        kept, masked, m = mac_records.layer_records(*args, *cols)
+        kept, masked, m = mac_records.layer_records(*args, *cols, starts)
         ref = [sample_flips(generator(seed, tuple(prefix[:5]) + (i,)), N, rate, lo, hi) for i in range(batch)]
         k, bits = np.concatenate([r[0] for r in ref]), np.concatenate([r[1] for r in ref])
         n = np.concatenate([np.full(len(r[0]), i) for i, r in enumerate(ref)])
@@ -61,10 +62,12 @@ def test_layer_records_equal_the_reference_draws():
         fo_key, first = np.unique(keys, return_index=True)                    # keys are sorted: runs
         fo_rng = np.stack([first, np.append(first[1:], len(keys))[:len(first)], 0 * first, 0 * first], axis=1)
         assert m == len(fo_key) and np.array_equal(cols[-2][:m], fo_key) and np.array_equal(cols[-1][:m], fo_rng)
+        per_channel = np.bincount(fo_key // (geo["conv_y"] * geo["conv_x"]), minlength=batch * geo["O"])
+        assert np.array_equal(starts, np.concatenate([[0], np.cumsum(per_channel)]))
         if kept:
             short = np.empty(kept - 1, MAC_EVENT_DTYPE)
             assert mac_records.layer_records(*args, *(short[f] for f in MAC_EVENT_DTYPE.names),
-                                             *cols[-2:]) == (-1, 0, 0)
+                                             *cols[-2:], 0 * starts) == (-1, 0, 0)
         regimes |= 1 if N * rate <= 30 else 2
     assert regimes == 3
 

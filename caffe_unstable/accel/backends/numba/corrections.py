@@ -173,6 +173,15 @@ def _step_sum(xw, xbase, off, r, wcw, wbase, nw, i):
     return _chain_sum(xw, xbase, off, r, wcw, wbase, nw, i, i + 1)
 
 
+@njit(cache=True, nogil=True)
+def count_equal(a, v):
+    """The number of entries of a equal to v (a record field, a strided view: no temporary array)."""
+    c = 0
+    for i in range(len(a)):
+        c += a[i] == v
+    return c
+
+
 CHAIN_COLUMNS_GAIN = 0.5           # chain_columns pays when the chain steps it saves exceed this share of its build
 CHAIN_COLUMNS_BYTES = 1 << 26       # and its array stays below this size
 
@@ -452,7 +461,8 @@ class Corrector:
                             np.int64)
         self.rel_of = np.full(g.N, -1, np.int64)
         self.rel_of[self.imgs] = np.arange(len(self.imgs))
-        self.starts = channel_starts(self.fo_key, g.Ho * g.Wo, g.N * g.O)
+        self.starts = mac["starts"] if "starts" in mac and not len(rate["key"]) else \
+            channel_starts(self.fo_key, g.Ho * g.Wo, g.N * g.O)
 
     def __call__(self, j, p0, p1, acc, cols):
         g = self.g
@@ -487,12 +497,13 @@ class Corrector:
     def _chain_columns(self, xp):
         """chain_columns of the run's positions when the accumulator records' chain prefixes, about I/2 steps
         each, outnumber the L steps per position that building them reads, by CHAIN_COLUMNS_GAIN (CaffeNet: the FC
-        layers and conv2-conv5, not conv1); else an empty array."""
+        layers and conv3-conv5, not conv1-conv2); else an empty array."""
         g = self.g
         rows, ni = len(self.imgs) * g.Ho * g.Wo, -(-g.L // g.pipe)
-        n_acc = int(np.count_nonzero(self.mac["site"] == 1)) if len(self.mac["site"]) else 0
-        if (n_acc * ni / 2 < CHAIN_COLUMNS_GAIN * rows * g.group * g.L
-                or rows * g.group * g.pipe * ni * g.vec > CHAIN_COLUMNS_BYTES):
+        build = CHAIN_COLUMNS_GAIN * rows * g.group * g.L
+        site = self.mac["site"]
+        if (len(site) * ni / 2 < build or rows * g.group * g.pipe * ni * g.vec > CHAIN_COLUMNS_BYTES
+                or count_equal(site, 1) * ni / 2 < build):
             return np.empty((0, 1, 1), np.int32)
         shape = (rows * g.group, g.pipe, ni * g.vec // 4)
         xc = self.scratch("chain_columns", shape, np.int32) if self.scratch else np.empty(shape, np.int32)

@@ -124,7 +124,7 @@ def where_of(lp):
 
 
 def _select(arrs, keep):
-    return {k: (v[keep] if len(v) == len(keep) else v) for k, v in arrs.items() if k != "outputs"}
+    return {k: (v[keep] if len(v) == len(keep) else v) for k, v in arrs.items() if k not in ("outputs", "starts")}
 
 
 def horizon_bounds(tp, g, hw):
@@ -203,7 +203,7 @@ class PlanConv:
         if outputs is None:
             return None
         ev = lp.mac_events
-        return {"t": ev["t"], "site": ev["site"], "bit": ev["bit"], "outputs": outputs}
+        return {"t": ev["t"], "site": ev["site"], "bit": ev["bit"], "outputs": outputs[:2], "starts": outputs[2]}
 
     # -- the launch ---------------------------------------------------------------------------------------------
     def run(self, out):
