@@ -15,9 +15,11 @@ writes their int8 values over the clean ones. The operands come from int8 copies
 columns (4x larger, mostly evicted by then): the input zero-padded with its padded vec slots zeroed (made after
 the GEMM, so it is in cache), and the weights in chain-major order (filter, chain, step), so a chain prefix is a
 contiguous run of VEC-byte words (measured on CaffeNet at 10^-4.5, one thread: 75 -> 51 ms for 240k records).
-Where the accumulator records' chain prefixes are long enough to pay for it (the FC layers, CaffeNet's conv3-conv5),
-the input side is made contiguous too (chain_columns: each position's window in chain-major order), so a prefix
-is one byte dot product that LLVM makes pairwise 16-bit multiply-adds (conv3: 7.6 -> 4.5 ms with the build).
+Where the accumulator records' chain prefixes far outweigh the input (FC layers: a few positions, long chains), the
+input side is made contiguous too (chain_columns: each position's window in chain-major order), so a prefix is
+one byte dot product that LLVM makes pairwise 16-bit multiply-adds (CaffeNet's fc6: 4.0 -> 2.3 ms, one thread).
+A single accumulator flip's prefix (most of them) is summed in the pre-pass over the unsettled outputs, a tight
+loop that runs it about twice as fast as the output loop did (CaffeNet's conv2: 7.7 -> 5.7 ms, one thread).
 Per faulted output it records whether the value changed and saturated.
 """
 import numpy as np
@@ -182,7 +184,8 @@ def count_equal(a, v):
     return c
 
 
-CHAIN_COLUMNS_GAIN = 0.5           # chain_columns pays when the chain steps it saves exceed this share of its build
+CHAIN_COLUMNS_GAIN = 5.0           # chain_columns pays when the chain steps it saves exceed this many times its
+                                    # build (CaffeNet's FC layers: 10-100; conv3: 2.3, a loss since the pre-pass)
 CHAIN_COLUMNS_BYTES = 1 << 26       # and its array stays below this size
 
 
@@ -261,10 +264,11 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
     i_wo, i_ho, i_o, i_og, i_pipe, i_vo = 1.0 / wo, 1.0 / ho, 1.0 / o_total, 1.0 / og, 1.0 / pipe, 1.0 / vec_out
     # First each output's coordinates, and whether it is settled: one accumulator flip of bit b changes S by +2^b
     # or -2^b, and when both give the same int8 value (and saturation) its chain prefix is not needed (a third of
-    # CaffeNet's at 10^-4.5; a product flip's m_t costs less than the test). Then the m_t of the first record of
-    # each unsettled output at the product site, in a loop of its own: their operands are scattered over the
-    # layer, and here the loads of many outputs overlap. Then the outputs: one flip (most of them) straight onto
-    # S, several through the general loop over chains and steps.
+    # CaffeNet's at 10^-4.5; a product flip's m_t costs less than the test). Then, in a loop of their own, the m_t
+    # of the first record of each unsettled output at the product site and the chain prefix of each single
+    # accumulator flip: their operands are scattered over the layer, and here the loads of many outputs overlap.
+    # Then the outputs: one flip (most of them) straight onto S, several through the general loop over chains and
+    # steps.
     cnt = i1 - i0
     c_n, c_o, c_y, c_x = (np.empty(cnt, np.int64), np.empty(cnt, np.int64), np.empty(cnt, np.int64),
                           np.empty(cnt, np.int64))
@@ -299,11 +303,18 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
     for u in range(unsettled):
         c = c_m0[u]
         e0 = min(fo_rng[i0 + c, 0], last)
-        if e0 < 0 or ev_site[e0] != 0:      # only a product record's m_t is read here (predictable: one site)
+        site0 = ev_site[e0] if e0 >= 0 else 2
+        t0, r0 = _divmod(np.int64(ev_t[e0]) if e0 >= 0 else np.int64(0), pipe, i_pipe)
+        if site0 == 0:
+            c_m0[u] = _step_sum(xw, c_base[c], off, r0, wcw, (c_o[c] * pipe + r0) * ni * nw, nw, t0)
+        elif (site0 == 1) & (c_n[c] >= 0) & (fo_rng[i0 + c, 1] - fo_rng[i0 + c, 0] == 1) \
+                & (fo_rng[i0 + c, 2] == fo_rng[i0 + c, 3]):
+            # a single accumulator flip's chain prefix, here in a tight loop (about twice as fast as inside the
+            # output loop below, measured on CaffeNet's conv2)
+            crow = ((c_n[c] * ho + c_y[c]) * wo + c_x[c]) * group + _divmod(c_o[c], og, i_og)[0] if use_xc else -1
+            c_m0[u] = _prefix_sum(xw, c_base[c], off, r0, wcw, wc8, c_o[c], pipe, ni, nw, 0, t0 + 1, xc8, crow)
+        else:
             c_m0[u] = 0
-            continue
-        t0, r0 = _divmod(np.int64(ev_t[e0]), pipe, i_pipe)
-        c_m0[u] = _step_sum(xw, c_base[c], off, r0, wcw, (c_o[c] * pipe + r0) * ni * nw, nw, t0)
     u = 0
     for f_i in range(i0, i1):
         n, o, y, xo, xbase = c_n[f_i - i0], c_o[f_i - i0], c_y[f_i - i0], c_x[f_i - i0], c_base[f_i - i0]
@@ -325,9 +336,7 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
             if ev_site[e] == 0:
                 d = _flip_delta(_wrap32(m0), np.int64(ev_bit[e]), wp)
             else:
-                ti, r = _divmod(np.int64(ev_t[e]), pipe, i_pipe)
-                a = _prefix_sum(xw, xbase, off, r, wcw, wc8, o, pipe, ni, nw, 0, ti + 1, xc8, crow)
-                d = _flip_delta(_wrap32(a), np.int64(ev_bit[e]), wa)
+                d = _flip_delta(_wrap32(m0), np.int64(ev_bit[e]), wa)       # its chain prefix, read above
             s = _wrap32(clean + d)
             yv, sat = _convert_sat(s, rb[o], nsh, relu)
             ob, oi = _divmod(o, vec_out, i_vo)
@@ -497,7 +506,7 @@ class Corrector:
     def _chain_columns(self, xp):
         """chain_columns of the run's positions when the accumulator records' chain prefixes, about I/2 steps
         each, outnumber the L steps per position that building them reads, by CHAIN_COLUMNS_GAIN (CaffeNet: the FC
-        layers and conv3-conv5, not conv1-conv2); else an empty array."""
+        layers); else an empty array."""
         g = self.g
         rows, ni = len(self.imgs) * g.Ho * g.Wo, -(-g.L // g.pipe)
         build = CHAIN_COLUMNS_GAIN * rows * g.group * g.L
