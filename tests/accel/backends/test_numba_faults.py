@@ -614,3 +614,23 @@ def test_sampled_plans_skip_the_record_pass_and_equal_a_copy(site, monkeypatch):
     assert one.fault_geometry() == gd and (lp.mac_events["n"] > 0).any()
     with pytest.raises(CaffeUnstableError, match="mac_events.n"):
         one.run(lp, "fast")
+
+
+@pytest.mark.parametrize("vec, C, pad", [(4, 3, 0), (4, 3, 1), (8, 13, 0), (16, 20, 0), (4, 8, 0), (16, 9, 2)])
+def test_padded_input_zeroes_padding_and_padded_slots(vec, C, pad):
+    """corrections.padded_input: the input zero-padded, its padded vec slots zeroed whatever they held; without
+    padding and with clean slots it is the input itself (no copy)."""
+    rng = np.random.default_rng(vec + C + pad)
+    g = ConvGeometry(N=3, C=2 * C, H=5, W=6, O=4, group=2, Kh=3, Kw=3, stride_h=1, stride_w=1, pad_h=pad, pad_w=pad,
+                     vec=vec)
+    x = rng.integers(-128, 128, (3, 2, g.Cb, 5, 6, vec)).astype(np.int8)
+    want = np.zeros((3, 2, g.Cb, 5 + 2 * pad, 6 + 2 * pad, vec), np.int8)
+    want[:, :, :, pad:pad + 5, pad:pad + 6] = x
+    slots = want.transpose(0, 1, 3, 4, 2, 5).reshape(3, 2, 5 + 2 * pad, 6 + 2 * pad, g.Cb * vec)
+    slots[..., g.Cg:] = 0                               # channel c is slot c % VEC of group c // VEC
+    want = slots.reshape(3, 2, 5 + 2 * pad, 6 + 2 * pad, g.Cb, vec).transpose(0, 1, 4, 2, 3, 5)
+    got = corrections.padded_input(x, g)
+    assert np.array_equal(got, want) and (g.Cg == g.Cb * vec or not np.shares_memory(got, x))
+    clean = want[:, :, :, pad:pad + 5, pad:pad + 6].copy()
+    again = corrections.padded_input(clean, g)
+    assert np.array_equal(again, want) and (again is clean) == (pad == 0)
