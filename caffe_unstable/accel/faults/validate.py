@@ -75,6 +75,8 @@ def validate_layer_plan(lp, g, batch=None, records=True):
 
 def _validate_stuck(lp, g):
     st = lp.stuck
+    if not len(st):                 # most plans: no stuck bits (the masks below cost more than the check)
+        return
     _check_range(lp, "stuck", st, "site", 0, 5)
     _check_range(lp, "stuck", st, "value", 0, 2)
     site = st["site"].astype(np.int64)

@@ -129,26 +129,26 @@ def chain_offsets(geom):
 @njit(cache=True, nogil=True)
 def _slots_clear(x, first):
     """Whether vec slots first.. of the last channel-vector group of device input x are all 0: an OR over its
-    int32 words, masked to those bytes, without an early exit (so that it vectorises)."""
+    int32 words (per word of a slot vector), masked to those bytes at the end, so that the loop vectorises."""
     n, group, cb, h, w, vec = x.shape
     nw = vec // 4
-    masks = np.zeros(nw, np.int64)
-    for b in range(first, vec):
-        masks[b // 4] |= np.int64(255) << (8 * (b % 4))
     xw = x.reshape(-1).view(np.int32)
-    acc = np.int64(0)
+    words = np.zeros(nw, np.int32)
     for a in range(n * group):
         base = (a * cb + cb - 1) * h * w * nw
         if nw == 1:
-            m = np.int32(masks[0] - (np.int64(1) << 32) if masks[0] >= (np.int64(1) << 31) else masks[0])
             part = np.int32(0)
             for i in range(h * w):
-                part |= xw[base + i] & m
-            acc |= part
+                part |= xw[base + i]
+            words[0] |= part
         else:
-            for i in range(h * w * nw):
-                acc |= np.int64(xw[base + i]) & masks[i % nw]
-    return acc == 0
+            for i in range(h * w):
+                for k in range(nw):
+                    words[k] |= xw[base + i * nw + k]
+    for b in range(first, vec):
+        if (words[b // 4] >> (8 * (b % 4))) & 255:
+            return False
+    return True
 
 
 def padded_input(x, geom):

@@ -222,7 +222,7 @@ class PlanConv:
         hw = g.Ho * g.Wo
         any_loop = self.in_loop.any()        # (soft errors alone: no record goes to the loop, skip the lookup)
         in_loop_rec = {name: self.in_loop[arr["key"] // (g.O * hw), (arr["key"] // hw) % g.O] if any_loop
-                       else np.zeros(len(arr["t"]), bool) for name, arr in (("mac", self.mac), ("rate", self.rate))}
+                       else None for name, arr in (("mac", self.mac), ("rate", self.rate))}
         changed = saturated = late = 0
         used_fast = used_loop = False
         for imgs, wdev, bias in variants:
@@ -277,7 +277,10 @@ class PlanConv:
         weights = conv.ConvWeights(wdev, g) if variant else self.be.conv_weights(mem, wdev, g)
         pick = {}
         for name, arr in (("mac", self.mac), ("rate", self.rate)):
-            keep = ~in_loop_rec[name]
+            if in_loop_rec[name] is None and whole:
+                pick[name] = arr                # (soft errors alone: every record, no mask to build)
+                continue
+            keep = ~in_loop_rec[name] if in_loop_rec[name] is not None else np.ones(len(arr["t"]), bool)
             if not whole:
                 keep &= np.isin(arr["key"] // (g.O * g.Ho * g.Wo), imgs)
             pick[name] = _select(arr, keep) if not keep.all() else arr
