@@ -354,8 +354,7 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
         if e0 >= 0 and ev_site[e0] == 1 and _single(fo_rng, i0 + c) and c_n[c] >= 0:
             t0, r0 = _divmod(np.int64(ev_t[e0]), pipe, i_pipe)
             crow = ((c_n[c] * ho + c_y[c]) * wo + c_x[c]) * group + _divmod(c_o[c], og, i_og)[0]
-            c_m0[u] = _run_dot(xc8, (crow * pipe + r0) * ni * nw * 4, wc8, (c_o[c] * pipe + r0) * ni * nw * 4,
-                               (t0 + 1) * nw * 4)
+            c_m0[u] = _prefix_sum(xw, c_base[c], off, r0, wcw, wc8, c_o[c], pipe, ni, nw, 0, t0 + 1, xc8, crow)
     u = 0
     for f_i in range(i0, i1):
         n, o, y, xo, xbase = c_n[f_i - i0], c_o[f_i - i0], c_y[f_i - i0], c_x[f_i - i0], c_base[f_i - i0]
@@ -369,7 +368,6 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
         u += 1
         if n < 0:
             continue
-        crow = ((n * ho + y) * wo + xo) * group + _divmod(o, og, i_og)[0] if use_xc else -1
         e, e1, f, f1 = fo_rng[f_i, 0], fo_rng[f_i, 1], fo_rng[f_i, 2], fo_rng[f_i, 3]
         if e1 - e == 1 and f == f1 and ev_site[e] != 2:
             # one product or accumulator flip (most faulted outputs): its delta straight onto S
@@ -384,6 +382,7 @@ def correct_outputs(xp, wc, off, geo, fo_key, fo_rng, fo_clean, rel_of, ev_t, ev
             out[n, ob, y, xo, oi] = yv
             fo_flags[f_i] = (yv != _convert(clean, rb[o], nsh, relu)) * 2 + sat * 4
             continue
+        crow = ((n * ho + y) * wo + xo) * group + _divmod(o, og, i_og)[0] if use_xc else -1   # (chain columns row)
         for r in range(pipe):
             D[r] = 0
             pre_t[r] = r - pipe
